@@ -1,0 +1,40 @@
+"""CLIPEncoder on PyTorch: `py_modules: [clip_server.executors.clip_torch]` in a Flow YAML."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from clip_server.executors.encoder_base import CLIPEncoderBase
+from clip_server.model.openclip_model import OpenCLIPModel, default_device, default_dtype
+from clip_server.model.weights import locate_weights
+
+
+class CLIPEncoder(CLIPEncoderBase):
+    """Serves an open_clip model with PyTorch, on CPU or CUDA.
+
+    `device` defaults to CUDA when available; `dtype` to fp32 on CPU and fp16 on GPU;
+    `model_path` names a local weights file, so nothing is downloaded.
+    """
+
+    def __init__(
+        self,
+        device: str | None = None,
+        jit: bool = False,
+        dtype: str | None = None,
+        model_path: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        device = device or default_device()
+        if device == 'cpu':
+            torch.set_num_threads(self.cpu_threads())
+        self.model = OpenCLIPModel(
+            self.spec,
+            locate_weights(self.spec, model_path),
+            device=device,
+            dtype=dtype or default_dtype(device),
+            jit=jit,
+        )
+        self.logger.info(f'{self.spec.name} ready on {device} ({self.model.dtype}), {self.spec.dim}-d embeddings')

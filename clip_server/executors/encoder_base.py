@@ -1,0 +1,150 @@
+"""Request handling shared by every runtime's CLIPEncoder.
+
+A runtime's executor only builds `self.model` (anything with `encode_text(tokens)` and
+`encode_image(pixels)` returning float32 numpy); everything a request does lives here:
+split documents by modality, preprocess in a worker pool while the model runs, encode in
+minibatches, rank, drop image content, and time each step for monitoring.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from docarray import Document, DocumentArray
+from jina import Executor, requests
+
+from clip_server.executors.documents import (
+    Modality,
+    drop_image_content,
+    image_of,
+    split_by_modality,
+    text_of,
+)
+from clip_server.executors.ranking import rank_matches
+from clip_server.model.preprocess import InvalidInputError, Preprocessor
+from clip_server.model.registry import DEFAULT_MODEL, ModelSpec, resolve
+
+METRICS = {
+    'preprocess_texts_seconds': 'Seconds spent tokenizing one text',
+    'preprocess_images_seconds': 'Seconds spent decoding and transforming one image',
+    'encode_texts_seconds': 'Seconds spent encoding one minibatch of texts',
+    'encode_images_seconds': 'Seconds spent encoding one minibatch of images',
+}
+
+
+def minibatches(docs: list[Document], size: int) -> Iterator[list[Document]]:
+    for start in range(0, len(docs), size):
+        yield docs[start : start + size]
+
+
+class CLIPEncoderBase(Executor):
+    """Encodes on every endpoint but `/rank`, which scores matches against their query."""
+
+    def __init__(
+        self,
+        name: str = DEFAULT_MODEL,
+        num_worker_preprocess: int = 4,
+        minibatch_size: int = 32,
+        access_paths: str = '@r',
+        traversal_paths: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if minibatch_size < 1:
+            raise ValueError(f'minibatch_size must be at least 1, got {minibatch_size}')
+        if num_worker_preprocess < 1:
+            raise ValueError(f'num_worker_preprocess must be at least 1, got {num_worker_preprocess}')
+        if traversal_paths is not None:
+            self.logger.warning('`traversal_paths` is deprecated; use `access_paths` instead')
+            access_paths = traversal_paths
+        self.spec: ModelSpec = resolve(name)
+        self.preprocessor = Preprocessor(self.spec)
+        self.model: Any = None
+        self._access_paths = access_paths
+        self._minibatch_size = minibatch_size
+        self._pool = ThreadPoolExecutor(num_worker_preprocess, thread_name_prefix='clip-preprocess')
+        for metric, documentation in METRICS.items():  # create once here, not racing in worker threads
+            self.monitor(metric, documentation)
+
+    def cpu_threads(self) -> int:
+        """Threads for one replica's inference: OMP_NUM_THREADS, else the cores split between replicas."""
+        if os.environ.get('OMP_NUM_THREADS'):
+            return max(1, int(os.environ['OMP_NUM_THREADS']))
+        replicas = getattr(self.runtime_args, 'replicas', 1) or 1
+        return max(1, (os.cpu_count() or 1) // replicas)
+
+    @requests(on='/rank')
+    def rank(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> None:
+        queries = docs[self._paths(parameters)]
+        everything = list(queries) + [match for query in queries for match in query.matches]
+        self._embed(everything, skip_empty=False)
+        for query in queries:
+            rank_matches(query)
+        if parameters.get('drop_image_content', False):
+            drop_image_content(everything)
+
+    @requests
+    def encode(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> None:
+        targets = list(docs[self._paths(parameters)])
+        self._embed(targets, skip_empty=True)
+        if parameters.get('drop_image_content', False):
+            drop_image_content(targets)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        super().close()
+
+    def _paths(self, parameters: dict) -> str:
+        return parameters.get('access_paths') or parameters.get('traversal_paths') or self._access_paths
+
+    def _embed(self, docs: list[Document], skip_empty: bool) -> None:
+        groups = split_by_modality(docs)
+        empty = groups[Modality.EMPTY]
+        if empty and not skip_empty:
+            raise InvalidInputError(f'document {empty[0].id} has no text, blob, tensor or data URI to encode')
+        if empty:
+            self.logger.warning(f'{len(empty)} document(s) without content left without embedding, e.g. {empty[0].id}')
+        self._encode_group(groups[Modality.TEXT], self._prepare_text, self.model.encode_text, 'texts')
+        self._encode_group(groups[Modality.IMAGE], self._prepare_image, self.model.encode_image, 'images')
+
+    def _prepare_text(self, doc: Document) -> np.ndarray:
+        with self.monitor('preprocess_texts_seconds'):
+            return self.preprocessor.tokenize([text_of(doc)])[0]
+
+    def _prepare_image(self, doc: Document) -> np.ndarray:
+        with self.monitor('preprocess_images_seconds'):
+            return self.preprocessor.pixels(image_of(doc))
+
+    def _encode_group(
+        self,
+        docs: list[Document],
+        prepare: Callable[[Document], np.ndarray],
+        encode: Callable[[np.ndarray], np.ndarray],
+        kind: str,
+    ) -> None:
+        for batch, inputs in self._prefetched(minibatches(docs, self._minibatch_size), prepare):
+            with self.monitor(f'encode_{kind}_seconds'):
+                embeddings = encode(np.stack(inputs))
+            for doc, embedding in zip(batch, embeddings):
+                doc.embedding = embedding
+
+    def _prefetched(
+        self, batches: Iterable[list[Document]], prepare: Callable[[Document], np.ndarray]
+    ) -> Iterator[tuple[list[Document], list[np.ndarray]]]:
+        """Yield each minibatch's inputs while the workers already prepare the next minibatch."""
+        queued: deque[tuple[list[Document], list[Future]]] = deque()
+        for batch in batches:
+            queued.append((batch, [self._pool.submit(prepare, doc) for doc in batch]))
+            if len(queued) > 1:
+                yield self._collect(*queued.popleft())
+        while queued:
+            yield self._collect(*queued.popleft())
+
+    @staticmethod
+    def _collect(batch: list[Document], futures: list[Future]) -> tuple[list[Document], list[np.ndarray]]:
+        return batch, [future.result() for future in futures]

@@ -1,0 +1,92 @@
+"""PyTorch runtime: an open_clip model behind a numpy-in, numpy-out interface."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clip_server.model.registry import OPEN_CLIP, ModelSpec
+
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+def default_device() -> str:
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def default_dtype(device: str) -> str:
+    """Half precision pays off on a GPU; on a CPU it is slower and less exact."""
+    return 'fp32' if device == 'cpu' else 'fp16'
+
+
+def check_device(device: str) -> str:
+    """Fail at start, not at the first request, when the device cannot be used."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f'device {device!r} is not a device name such as "cpu", "cuda" or "cuda:1"') from exc
+    if parsed.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device {device!r} was asked for, but CUDA is not available on this machine; use device: cpu')
+    return device
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise ValueError(f'dtype {dtype!r} is not one of {", ".join(DTYPES)}')
+    return dtype
+
+
+def quick_gelu_for(spec: ModelSpec) -> bool:
+    """The activation the weights were trained with; open_clip only warns when it is wrong."""
+    import open_clip
+
+    return bool(spec.tag and open_clip.get_pretrained_cfg(spec.arch, spec.tag).get('quick_gelu', False))
+
+
+class OpenCLIPModel:
+    """An open_clip CLIP model in inference mode.
+
+    Inputs are token ids and normalised pixels as numpy arrays; outputs are float32
+    embeddings straight from the model (not normalised).
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: str | os.PathLike | None,
+        *,
+        device: str = 'cpu',
+        dtype: str = 'fp32',
+        jit: bool = False,
+    ):
+        import open_clip
+
+        if spec.family != OPEN_CLIP:
+            raise NotImplementedError(f'{spec.name} ({spec.family}) is not supported by the PyTorch runtime yet')
+        self.spec = spec
+        self.device = torch.device(check_device(device))
+        self.dtype = DTYPES[check_dtype(dtype)]
+        model = open_clip.create_model(
+            spec.arch,
+            pretrained=str(Path(weights)) if weights else None,
+            precision=dtype,
+            device=self.device,
+            force_quick_gelu=quick_gelu_for(spec),
+        )
+        model.eval()
+        self._model = torch.jit.script(model) if jit else model
+
+    @torch.inference_mode()
+    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
+        return self._embed(self._model.encode_text, torch.from_numpy(tokens).to(self.device))
+
+    @torch.inference_mode()
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        return self._embed(self._model.encode_image, torch.from_numpy(pixels).to(self.device, self.dtype))
+
+    @staticmethod
+    def _embed(encode, batch: torch.Tensor) -> np.ndarray:
+        return encode(batch).float().cpu().numpy()

@@ -1,0 +1,153 @@
+"""Which models the server knows: a name -> what to build and what it outputs.
+
+The table is data, kept apart from the code that builds models (as open_clip keeps
+`pretrained.py` apart from `factory.py`): adding a model is adding a row.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+OPEN_CLIP = 'open_clip'
+MCLIP = 'mclip'
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One servable model.
+
+    `arch`/`tag` name the open_clip architecture and pretrained tag; for M-CLIP they
+    name the image tower the multilingual text tower was trained against.
+    """
+
+    name: str
+    arch: str
+    tag: str | None
+    dim: int
+    image_size: int
+    family: str = OPEN_CLIP
+
+
+class UnknownModelError(ValueError):
+    """The requested model name is neither in the table nor known to open_clip."""
+
+
+def _row(name: str, dim: int, image_size: int) -> ModelSpec:
+    arch, tag = name.split('::')
+    return ModelSpec(name, arch, tag.replace('-', '_'), dim, image_size)
+
+
+def _mclip(name: str, arch: str, tag: str, dim: int, image_size: int) -> ModelSpec:
+    return ModelSpec(name, arch, tag, dim, image_size, family=MCLIP)
+
+
+# The models of the documented table, with their output dimension and input image size.
+MODELS: tuple[ModelSpec, ...] = (
+    _row('RN50::openai', 1024, 224),
+    _row('RN50::yfcc15m', 1024, 224),
+    _row('RN50::cc12m', 1024, 224),
+    _row('RN101::openai', 512, 224),
+    _row('RN101::yfcc15m', 512, 224),
+    _row('RN50x4::openai', 640, 288),
+    _row('RN50x16::openai', 768, 384),
+    _row('RN50x64::openai', 1024, 448),
+    _row('ViT-B-32::openai', 512, 224),
+    _row('ViT-B-32::laion2b_e16', 512, 224),
+    _row('ViT-B-32::laion400m_e31', 512, 224),
+    _row('ViT-B-32::laion400m_e32', 512, 224),
+    _row('ViT-B-32::laion2b-s34b-b79k', 512, 224),
+    _row('ViT-B-16::openai', 512, 224),
+    _row('ViT-B-16::laion400m_e31', 512, 224),
+    _row('ViT-B-16::laion400m_e32', 512, 224),
+    _row('ViT-B-16-plus-240::laion400m_e31', 640, 240),
+    _row('ViT-B-16-plus-240::laion400m_e32', 640, 240),
+    _row('ViT-L-14::openai', 768, 224),
+    _row('ViT-L-14::laion400m_e31', 768, 224),
+    _row('ViT-L-14::laion400m_e32', 768, 224),
+    _row('ViT-L-14::laion2b-s32b-b82k', 768, 224),
+    _row('ViT-L-14-336::openai', 768, 336),
+    _row('ViT-H-14::laion2b-s32b-b79k', 1024, 224),
+    _row('ViT-g-14::laion2b-s12b-b42k', 1024, 224),
+    _row('roberta-ViT-B-32::laion2b-s12b-b32k', 512, 224),
+    _row('xlm-roberta-base-ViT-B-32::laion5b-s13b-b90k', 512, 224),
+    _row('xlm-roberta-large-ViT-H-14::frozen_laion5b_s13b_b90k', 1024, 224),
+    _mclip('M-CLIP/XLM-Roberta-Large-Vit-B-32', 'ViT-B-32', 'openai', 512, 224),
+    _mclip('M-CLIP/XLM-Roberta-Large-Vit-L-14', 'ViT-L-14', 'openai', 768, 224),
+    _mclip('M-CLIP/XLM-Roberta-Large-Vit-B-16Plus', 'ViT-B-16-plus-240', 'laion400m_e31', 640, 240),
+    _mclip('M-CLIP/LABSE-Vit-L-14', 'ViT-L-14', 'openai', 768, 224),
+)
+
+# Names the original server accepted before it adopted `arch::tag` (OpenAI's own spelling).
+ALIASES: dict[str, str] = {
+    'RN50': 'RN50::openai',
+    'RN101': 'RN101::openai',
+    'RN50x4': 'RN50x4::openai',
+    'RN50x16': 'RN50x16::openai',
+    'RN50x64': 'RN50x64::openai',
+    'ViT-B/32': 'ViT-B-32::openai',
+    'ViT-B/16': 'ViT-B-16::openai',
+    'ViT-L/14': 'ViT-L-14::openai',
+    'ViT-L/14@336px': 'ViT-L-14-336::openai',
+}
+
+DEFAULT_MODEL = 'ViT-B-32::openai'
+
+
+def _key(name: str) -> str:
+    """Spelling-insensitive key: case, and dashes vs underscores in the tag, do not matter."""
+    arch, sep, tag = name.strip().partition('::')
+    return f'{arch.lower()}{sep}{tag.lower().replace("-", "_")}'
+
+
+_BY_KEY = {_key(spec.name): spec for spec in MODELS}
+_ALIAS_BY_KEY = {_key(alias): target for alias, target in ALIASES.items()}
+
+
+def _open_clip_pairs() -> dict[str, tuple[str, str]]:
+    import open_clip
+
+    return {_key(f'{arch}::{tag}'): (arch, tag) for arch, tag in open_clip.list_pretrained()}
+
+
+def known_names() -> list[str]:
+    """Every name `resolve` accepts, table names first."""
+    table = [spec.name for spec in MODELS] + list(ALIASES)
+    extra = sorted(f'{arch}::{tag}' for arch, tag in _open_clip_pairs().values())
+    return table + [name for name in extra if _key(name) not in _BY_KEY]
+
+
+def _open_clip_archs() -> dict[str, str]:
+    import open_clip
+
+    return {arch.lower(): arch for arch in open_clip.list_models()}
+
+
+def _from_open_clip(name: str, arch: str, tag: str | None) -> ModelSpec:
+    import open_clip
+
+    config = open_clip.get_model_config(arch)
+    image_size = config['vision_cfg']['image_size']
+    if isinstance(image_size, (tuple, list)):
+        image_size = image_size[0]
+    return ModelSpec(name, arch, tag, config['embed_dim'], image_size)
+
+
+def resolve(name: str) -> ModelSpec:
+    """Look a model name up; unknown names fail with the closest known names."""
+    key = _key(name)
+    key = _key(_ALIAS_BY_KEY.get(key, name))
+    if key in _BY_KEY:
+        return _BY_KEY[key]
+    pair = _open_clip_pairs().get(key)
+    if pair:
+        return _from_open_clip(name, *pair)
+    arch = _open_clip_archs().get(key)
+    if arch:  # an architecture without pretrained tag: serves the weights given as `model_path`
+        return _from_open_clip(name, arch, None)
+    candidates = known_names()
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
+    hint = f' Closest names: {", ".join(close)}.' if close else ''
+    raise UnknownModelError(
+        f'Unknown model name {name!r}.{hint} The models table in the README lists every supported name.'
+    )

@@ -1,0 +1,71 @@
+"""Distribution `clip-server`: the `clip_server` package with its bundled Flow YAMLs."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+VERSION = next(
+    line.split("'")[1] for line in (ROOT / 'clip_server' / '__init__.py').read_text().splitlines()
+    if line.startswith('__version__')
+)
+
+SERVING = [
+    # 3.27.0 exactly: clip_client 0.8.3 reads HTTP responses from `data.docs`, which jina >= 3.27.1
+    # moved to `direct_docs`; with 3.27.0 installed beside the client every protocol works.
+    'jina==3.27.0',
+    # the v1 Document/DocumentArray API that clip_client 0.8.3 speaks
+    'docarray>=0.21,<0.30',
+    # jina's HTTP and WebSocket gateways on the docarray-v1 path fail to start with pydantic 2
+    'pydantic>=1.10,<2',
+    # 0.22 added native histograms, which make jina's /metrics endpoint answer 500
+    'prometheus_client>=0.12,<0.22',
+    # jina imports pkg_resources, which setuptools >= 80 deprecates and 82 removes
+    'setuptools>=70,<80',
+]
+MODEL = [
+    'torch>=2.0',
+    'torchvision',  # every open_clip release imports it
+    # 3.x: the pretrained registry and hub layout this project's model table is checked against
+    'open_clip_torch>=3.3,<4',
+    'huggingface_hub',
+    'numpy',
+    'pillow',
+    'tqdm',
+    'requests',
+]
+
+setup(
+    name='clip-server',
+    version=VERSION,
+    description='CLIP embedding service: texts and images to vectors over gRPC, HTTP and WebSocket',
+    long_description=(ROOT / 'README.md').read_text(encoding='utf-8'),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    packages=find_packages(include=['clip_server', 'clip_server.*']),
+    package_data={'clip_server': ['resources/*.yml']},
+    include_package_data=True,
+    install_requires=SERVING + MODEL,
+    extras_require={
+        'onnx': [
+            'onnxruntime>=1.17',
+            # 1.23 needs protobuf >= 6.31, which the serving stack cannot take
+            'onnx>=1.17,<1.23',
+        ],
+        'tensorrt': ['tensorrt>=10,<11'],
+        'transformers': ['transformers>=4.40'],
+        'test': [
+            # the client users have; its HTTP path needs the jina pinned above
+            'clip_client==0.8.3',
+            'pytest>=8',
+            'pytest-timeout>=2.3',
+        ],
+    },
+    entry_points={'console_scripts': ['clip-server=clip_server.__main__:main']},
+    classifiers=[
+        'Programming Language :: Python :: 3',
+        'License :: OSI Approved :: Apache Software License',
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+    ],
+)

@@ -1,0 +1,142 @@
+"""Test helpers: reference embeddings, sample images, and a real `python -m clip_server` process."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / 'tests'
+
+
+def reference_text_embeddings(reference_model, texts: list[str]) -> np.ndarray:
+    model, _, tokenizer = reference_model
+    with torch.no_grad():
+        return model.encode_text(tokenizer(texts)).numpy()
+
+
+def reference_image_embeddings(reference_model, images: list[Image.Image]) -> np.ndarray:
+    model, transform, _ = reference_model
+    with torch.no_grad():
+        return model.encode_image(torch.stack([transform(image) for image in images])).numpy()
+
+
+def sample_image(seed: int = 0, size: tuple[int, int] = (97, 61), mode: str = 'RGB') -> Image.Image:
+    """A noisy picture, different per seed, with a non-square size to exercise resize and crop."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels).convert(mode)
+
+
+def encoded(image: Image.Image, fmt: str = 'PNG', **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def flow_yaml(
+    port: int,
+    *,
+    protocol: str = 'grpc',
+    module: str = 'clip_server.executors.clip_torch',
+    with_params: dict | None = None,
+    executor_extra: str = '',
+) -> str:
+    """A Flow YAML like the bundled ones, on 127.0.0.1, with the tiny architectures registered."""
+    params = ''.join(f'\n        {key}: {value!r}' for key, value in (with_params or {}).items())
+    return f"""jtype: Flow
+version: '1'
+with:
+  port: {port}
+  protocol: {protocol}
+  host: 127.0.0.1
+executors:
+  - name: clip
+    timeout_ready: 120000{executor_extra}
+    uses:
+      jtype: CLIPEncoder
+      with:{params or ' {}'}
+      metas:
+        py_modules:
+          - {TESTS / 'tiny_models.py'}
+          - {module}
+"""
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(JINA_OPTOUT_TELEMETRY='1', NO_VERSION_CHECK='1', HF_HUB_OFFLINE='1')
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO), env.get('PYTHONPATH')]))
+    return env
+
+
+class Server:
+    """`python -m clip_server <yaml>` as a user starts it, stopped with Ctrl-C."""
+
+    def __init__(self, yaml_path: Path, port: int, protocol: str = 'grpc', args: tuple[str, ...] = ()):
+        self.port = port
+        self.protocol = protocol
+        self.log = yaml_path.with_suffix('.log')
+        self._log_file = open(self.log, 'wb')
+        self.process = subprocess.Popen(
+            [sys.executable, '-m', 'clip_server', str(yaml_path), *args],
+            cwd=yaml_path.parent,
+            env=server_env(),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def address(self) -> str:
+        return f'{self.protocol}://127.0.0.1:{self.port}'
+
+    def wait_ready(self, timeout: float = 120) -> 'Server':
+        from jina import Client
+
+        deadline = time.monotonic() + timeout
+        client = Client(host='127.0.0.1', port=self.port, protocol=self.protocol)
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f'server exited with {self.process.returncode}:\n{self.output()}')
+            if client.is_flow_ready(timeout=1):
+                return self
+            time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f'server not ready after {timeout}s:\n{self.output()}')
+
+    def output(self) -> str:
+        self._log_file.flush()
+        return self.log.read_text(errors='replace')
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log_file.close()
+        return self.process.returncode
+
+
+def start_server(tmp_path: Path, yaml_text: str, port: int, protocol: str = 'grpc') -> Server:
+    path = tmp_path / 'flow.yml'
+    path.write_text(yaml_text)
+    return Server(path, port, protocol).wait_ready()

@@ -1,0 +1,38 @@
+"""Tiny open_clip architectures for fast tests, registered with open_clip on import.
+
+A Flow YAML lists this file first in `py_modules`, so the executor process knows the
+architectures before the CLIPEncoder resolves its model name.
+"""
+
+import json
+import tempfile
+from pathlib import Path
+
+import open_clip
+
+_TEXT = {'context_length': 77, 'vocab_size': 49408, 'width': 64, 'heads': 2, 'layers': 2}
+
+CONFIGS = {
+    'tiny-vit': {
+        'embed_dim': 32,
+        'vision_cfg': {'image_size': 224, 'layers': 2, 'width': 64, 'head_width': 32, 'patch_size': 32},
+        'text_cfg': _TEXT,
+    },
+    'tiny-rn': {
+        'embed_dim': 48,
+        'quick_gelu': True,
+        'vision_cfg': {'image_size': 64, 'layers': [1, 1, 1, 1], 'width': 16},
+        'text_cfg': _TEXT,
+    },
+}
+
+
+def register() -> None:
+    folder = Path(tempfile.mkdtemp(prefix='clip-tiny-configs-'))
+    for name, config in CONFIGS.items():
+        (folder / f'{name}.json').write_text(json.dumps(config))
+    open_clip.add_model_config(folder)
+
+
+if 'tiny-vit' not in open_clip.list_models():
+    register()

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from clip_server.model.openclip_model import OpenCLIPModel, check_device, check_dtype, quick_gelu_for
+from clip_server.model.preprocess import Preprocessor
+from clip_server.model.registry import resolve
+from helpers import reference_image_embeddings, reference_text_embeddings, sample_image
+
+TEXTS = ['a photo of a cat', 'ein Hund im Schnee', '', 'x ' * 200]
+
+
+@pytest.mark.parametrize('arch', ['tiny-vit', 'tiny-rn'])
+@pytest.mark.parametrize('jit', [False, True])
+def test_embeddings_equal_open_clip_in_process(arch, jit, tiny_weights, reference):
+    spec = resolve(arch)
+    model = OpenCLIPModel(spec, tiny_weights[arch], jit=jit)
+    preprocessor = Preprocessor(spec)
+    images = [sample_image(seed) for seed in range(3)]
+
+    texts = model.encode_text(preprocessor.tokenize(TEXTS))
+    pixels = model.encode_image(np.stack([preprocessor.pixels(image) for image in images]))
+
+    assert texts.dtype == pixels.dtype == np.float32
+    assert texts.shape == (len(TEXTS), spec.dim) and pixels.shape == (3, spec.dim)
+    np.testing.assert_allclose(texts, reference_text_embeddings(reference(arch), TEXTS), atol=1e-5)
+    np.testing.assert_allclose(pixels, reference_image_embeddings(reference(arch), images), atol=1e-5)
+
+
+def test_bf16_stays_close_and_returns_float32(tiny_weights, reference):
+    spec = resolve('tiny-vit')
+    model = OpenCLIPModel(spec, tiny_weights['tiny-vit'], dtype='bf16')
+    embeddings = model.encode_text(Preprocessor(spec).tokenize(TEXTS[:2]))
+    assert embeddings.dtype == np.float32
+    expected = reference_text_embeddings(reference('tiny-vit'), TEXTS[:2])
+    assert np.abs(embeddings - expected).max() < 0.1 * np.abs(expected).max()
+
+
+def test_activation_follows_the_weights():
+    assert quick_gelu_for(resolve('ViT-B-32::openai'))
+    assert quick_gelu_for(resolve('ViT-B-32::laion400m_e32'))
+    assert quick_gelu_for(resolve('RN50::yfcc15m'))
+    assert not quick_gelu_for(resolve('ViT-B-32::laion2b-s34b-b79k'))
+    assert not quick_gelu_for(resolve('tiny-vit'))
+
+
+def test_bad_runtime_options_are_named():
+    with pytest.raises(ValueError, match="dtype 'fp8'"):
+        check_dtype('fp8')
+    with pytest.raises(ValueError, match="device 'gpu'"):
+        check_device('gpu')
+    if not __import__('torch').cuda.is_available():
+        with pytest.raises(ValueError, match='CUDA is not available'):
+            check_device('cuda')
+
+
+def test_mclip_is_refused_clearly(tiny_weights):
+    with pytest.raises(NotImplementedError, match='M-CLIP/XLM-Roberta-Large-Vit-B-32'):
+        OpenCLIPModel(resolve('M-CLIP/XLM-Roberta-Large-Vit-B-32'), None)

@@ -1,0 +1,111 @@
+import base64
+
+import numpy as np
+import open_clip
+import pytest
+from PIL import Image
+
+from clip_server.model.preprocess import (
+    InvalidInputError,
+    Preprocessor,
+    bytes_from_data_uri,
+    image_from_array,
+    image_from_bytes,
+)
+from clip_server.model.registry import resolve
+from helpers import encoded, sample_image
+
+EOT = 49407
+
+
+@pytest.fixture(scope='module')
+def preprocessor():
+    return Preprocessor(resolve('ViT-B-32::openai'))
+
+
+@pytest.fixture(scope='module')
+def open_clip_transform():
+    return open_clip.image_transform(224, is_train=False)
+
+
+@pytest.mark.parametrize('mode', ['L', 'P', 'RGBA', 'CMYK', 'RGB', 'I;16'])
+def test_image_modes_match_open_clip(mode, preprocessor, open_clip_transform):
+    image = sample_image(seed=3, size=(120, 80)).convert(mode)
+    pixels = preprocessor.pixels(image)
+    assert pixels.shape == (3, 224, 224) and pixels.dtype == np.float32
+    np.testing.assert_array_equal(pixels, open_clip_transform(image).numpy())
+
+
+@pytest.mark.parametrize('fmt', ['JPEG', 'PNG', 'WEBP', 'GIF', 'BMP', 'TIFF'])
+def test_decodes_common_formats(fmt):
+    image = image_from_bytes(encoded(sample_image(size=(40, 30)), fmt))
+    assert image.size == (40, 30)
+
+
+def test_exif_orientation_is_applied(preprocessor):
+    upright = sample_image(seed=1, size=(60, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: viewers turn it 90 degrees clockwise
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    decoded = image_from_bytes(encoded(stored, 'PNG', exif=exif))
+    assert decoded.size == (60, 40)
+    np.testing.assert_array_equal(np.asarray(decoded.convert('RGB')), np.asarray(upright))
+
+
+def test_one_pixel_image(preprocessor):
+    image = image_from_bytes(encoded(Image.new('RGB', (1, 1), (255, 0, 0))))
+    pixels = preprocessor.pixels(image)
+    assert pixels.shape == (3, 224, 224)
+    assert np.isfinite(pixels).all()
+
+
+def test_each_model_uses_its_own_image_size():
+    pixels = Preprocessor(resolve('RN50x4::openai')).pixels(sample_image())
+    assert pixels.shape == (3, 288, 288)
+
+
+def test_tokenizer_truncates_long_text_keeping_end_of_text(preprocessor):
+    long_text = ' '.join(['word'] * 500)
+    tokens = preprocessor.tokenize([long_text, 'short text'])
+    assert tokens.shape == (2, 77) and tokens.dtype == np.int64
+    assert tokens[0, -1] == EOT
+    assert (tokens[0, 1:-1] == tokens[0, 1]).all()
+    assert tokens[1, 3] == EOT and (tokens[1, 4:] == 0).all()
+
+
+def test_empty_text_is_start_and_end_only(preprocessor):
+    tokens = preprocessor.tokenize([''])[0]
+    assert tokens[1] == EOT and (tokens[2:] == 0).all()
+
+
+def test_data_uri_base64_and_percent_encoded():
+    assert bytes_from_data_uri('data:image/png;base64,' + base64.b64encode(b'\x89PNG').decode()) == b'\x89PNG'
+    assert bytes_from_data_uri('data:text/plain,a%20b') == b'a b'
+    with pytest.raises(InvalidInputError, match='malformed data URI'):
+        bytes_from_data_uri('data:image/png;base64')
+
+
+@pytest.mark.parametrize(
+    'data, message',
+    [(b'', 'empty'), (b'not an image at all', 'cannot decode image'), (encoded(sample_image(), 'PNG')[:60], 'cannot decode')],
+)
+def test_bad_image_bytes_raise_clear_errors(data, message):
+    with pytest.raises(InvalidInputError, match=message):
+        image_from_bytes(data)
+
+
+def test_decompression_bomb_is_refused(monkeypatch):
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)
+    with pytest.raises(InvalidInputError, match='too large'):
+        image_from_bytes(encoded(Image.new('RGB', (100, 100))))
+
+
+def test_arrays():
+    assert image_from_array(np.zeros((5, 4, 3), np.uint8)).size == (4, 5)
+    assert image_from_array(np.zeros((5, 4), np.uint8)).mode == 'L'
+    with pytest.raises(InvalidInputError, match='empty'):
+        image_from_array(np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(InvalidInputError, match='dtype float64'):
+        image_from_array(np.zeros((5, 4, 3)))
+    with pytest.raises(InvalidInputError, match='shape'):
+        image_from_array(np.zeros((5, 4, 7), np.uint8))

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+from docarray import Document
+
+from clip_server.executors.ranking import cosine_similarity, rank_matches, softmax
+
+
+def test_cosine_and_softmax():
+    query = np.array([1.0, 0.0])
+    candidates = np.array([[2.0, 0.0], [0.0, 3.0], [-1.0, 0.0], [1.0, 1.0]])
+    np.testing.assert_allclose(cosine_similarity(query, candidates), [1, 0, -1, np.sqrt(0.5)])
+    probabilities = softmax(np.array([1000.0, 1000.0, 0.0]))  # large logits must not overflow
+    np.testing.assert_allclose(probabilities, [0.5, 0.5, 0.0], atol=1e-12)
+
+
+def test_rank_matches_scores_sorts_and_drops_embeddings():
+    query = Document(id='q', embedding=np.array([1.0, 0.0], dtype=np.float32))
+    query.matches = [
+        Document(id='far', embedding=np.array([0.0, 1.0], dtype=np.float32)),
+        Document(id='near', embedding=np.array([1.0, 0.1], dtype=np.float32)),
+        Document(id='mid', embedding=np.array([1.0, 1.0], dtype=np.float32)),
+    ]
+    rank_matches(query)
+    assert [m.id for m in query.matches] == ['near', 'mid', 'far']
+    sorted_embeddings = np.array([[1.0, 0.1], [1.0, 1.0], [0.0, 1.0]])
+    cosines = sorted_embeddings[:, 0] / np.linalg.norm(sorted_embeddings, axis=1)
+    expected = np.exp(100 * cosines) / np.exp(100 * cosines).sum()
+    for match, prob, cos in zip(query.matches, expected, cosines):
+        assert match.scores['clip_score'].value == pytest.approx(prob, rel=1e-5)
+        assert match.scores['clip_score'].op_name == 'softmax'
+        assert match.scores['clip_score_cosine'].value == pytest.approx(cos, rel=1e-5)
+        assert match.scores['clip_score_cosine'].op_name == 'cosine'
+        assert match.scores['clip_score'].ref_id == 'q'
+        assert match.embedding is None
+    assert sum(m.scores['clip_score'].value for m in query.matches) == pytest.approx(1.0)
+    assert query.embedding is not None
+
+
+def test_query_without_matches_is_left_alone():
+    query = Document(embedding=np.ones(3))
+    rank_matches(query)
+    assert len(query.matches) == 0

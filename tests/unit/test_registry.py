@@ -1,0 +1,74 @@
+import open_clip
+import pytest
+
+from clip_server.model.registry import ALIASES, MCLIP, MODELS, UnknownModelError, known_names, resolve
+
+# The documented table: every name users may write, with the dimension their vectors have.
+SEED_TABLE = {
+    'RN50::openai': 1024, 'RN50::yfcc15m': 1024, 'RN50::cc12m': 1024, 'RN101::openai': 512,
+    'RN101::yfcc15m': 512, 'RN50x4::openai': 640, 'RN50x16::openai': 768, 'RN50x64::openai': 1024,
+    'ViT-B-32::openai': 512, 'ViT-B-32::laion2b_e16': 512, 'ViT-B-32::laion400m_e31': 512,
+    'ViT-B-32::laion400m_e32': 512, 'ViT-B-32::laion2b-s34b-b79k': 512, 'ViT-B-16::openai': 512,
+    'ViT-B-16::laion400m_e31': 512, 'ViT-B-16::laion400m_e32': 512, 'ViT-B-16-plus-240::laion400m_e31': 640,
+    'ViT-B-16-plus-240::laion400m_e32': 640, 'ViT-L-14::openai': 768, 'ViT-L-14::laion400m_e31': 768,
+    'ViT-L-14::laion400m_e32': 768, 'ViT-L-14::laion2b-s32b-b82k': 768, 'ViT-L-14-336::openai': 768,
+    'ViT-H-14::laion2b-s32b-b79k': 1024, 'ViT-g-14::laion2b-s12b-b42k': 1024,
+    'M-CLIP/LABSE-Vit-L-14': 768, 'M-CLIP/XLM-Roberta-Large-Vit-B-32': 512,
+    'M-CLIP/XLM-Roberta-Large-Vit-B-16Plus': 640, 'M-CLIP/XLM-Roberta-Large-Vit-L-14': 768,
+}
+
+
+@pytest.mark.parametrize('name, dim', SEED_TABLE.items())
+def test_every_documented_name_resolves_with_its_dimension(name, dim):
+    assert resolve(name).dim == dim
+
+
+@pytest.mark.parametrize('spec', [s for s in MODELS if s.family != MCLIP], ids=lambda s: s.name)
+def test_table_agrees_with_open_clip(spec):
+    config = open_clip.get_model_config(spec.arch)
+    assert config['embed_dim'] == spec.dim
+    assert config['vision_cfg']['image_size'] == spec.image_size
+    assert open_clip.get_pretrained_cfg(spec.arch, spec.tag), f'open_clip has no pretrained tag {spec.tag}'
+
+
+@pytest.mark.parametrize('spec', [s for s in MODELS if s.family == MCLIP], ids=lambda s: s.name)
+def test_mclip_image_towers_exist_in_open_clip(spec):
+    assert open_clip.get_model_config(spec.arch)['embed_dim'] == spec.dim
+    assert open_clip.get_pretrained_cfg(spec.arch, spec.tag)
+
+
+@pytest.mark.parametrize(
+    'alias, target',
+    [('ViT-B/32', 'ViT-B-32::openai'), ('RN50', 'RN50::openai'), ('ViT-L/14@336px', 'ViT-L-14-336::openai')],
+)
+def test_legacy_aliases(alias, target):
+    assert alias in ALIASES
+    assert resolve(alias) == resolve(target)
+
+
+def test_tag_spelling_with_dashes_or_underscores():
+    assert resolve('ViT-B-32::laion2b_s34b_b79k') == resolve('ViT-B-32::laion2b-s34b-b79k')
+    assert resolve('ViT-B-32::laion2b-e16').tag == 'laion2b_e16'
+
+
+def test_other_open_clip_pretrained_names_work():
+    spec = resolve('ViT-B-16::datacomp-xl-s13b-b90k')
+    assert (spec.arch, spec.tag, spec.dim, spec.image_size) == ('ViT-B-16', 'datacomp_xl_s13b_b90k', 512, 224)
+
+
+def test_bare_architecture_resolves_without_tag():
+    spec = resolve('tiny-vit')
+    assert spec.tag is None and spec.dim == 32
+
+
+def test_unknown_name_lists_closest_names():
+    with pytest.raises(UnknownModelError) as error:
+        resolve('ViT-B-32::opnai')
+    assert "'ViT-B-32::opnai'" in str(error.value)
+    assert 'ViT-B-32::openai' in str(error.value)
+
+
+def test_known_names_lists_table_first_without_duplicates():
+    names = known_names()
+    assert names[0] == MODELS[0].name
+    assert len(names) == len(set(names))

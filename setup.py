@@ -28,7 +28,8 @@ MODEL = [
     'torchvision',  # every open_clip release imports it
     # 3.x: the pretrained registry and hub layout this project's model table is checked against
     'open_clip_torch>=3.3,<4',
-    'huggingface_hub',
+    # 2.x: its HTTP layer (httpx2) and error classes are what the weights module retries on
+    'huggingface_hub>=2,<3',
     'numpy',
     'pillow',
     'tqdm',
@@ -42,7 +43,7 @@ setup(
     long_description=(ROOT / 'README.md').read_text(encoding='utf-8'),
     long_description_content_type='text/markdown',
     license='Apache-2.0',
-    python_requires='>=3.10',
+    python_requires='>=3.11',
     packages=find_packages(include=['clip_server', 'clip_server.*']),
     package_data={'clip_server': ['resources/*.yml']},
     include_package_data=True,

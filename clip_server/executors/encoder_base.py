@@ -6,8 +6,6 @@ split documents by modality, preprocess in a worker pool while the model runs, e
 minibatches, rank, drop image content, and time each step for monitoring.
 """
 
-from __future__ import annotations
-
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -79,7 +77,7 @@ class CLIPEncoderBase(Executor):
         return max(1, (os.cpu_count() or 1) // replicas)
 
     @requests(on='/rank')
-    def rank(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> None:
+    def rank(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
         queries = docs[self._paths(parameters)]
         everything = list(queries) + [match for query in queries for match in query.matches]
         self._embed(everything, skip_empty=False)
@@ -87,13 +85,15 @@ class CLIPEncoderBase(Executor):
             rank_matches(query)
         if parameters.get('drop_image_content', False):
             drop_image_content(everything)
+        return docs
 
     @requests
-    def encode(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> None:
+    def encode(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
         targets = list(docs[self._paths(parameters)])
         self._embed(targets, skip_empty=True)
         if parameters.get('drop_image_content', False):
             drop_image_content(targets)
+        return docs
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

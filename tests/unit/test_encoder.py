@@ -1,0 +1,127 @@
+"""The CLIPEncoder's document semantics, called in-process (the served path is in tests/e2e)."""
+
+import base64
+
+import numpy as np
+import pytest
+from docarray import Document, DocumentArray
+
+from clip_server.executors.clip_torch import CLIPEncoder
+from clip_server.model.preprocess import InvalidInputError
+from helpers import encoded, reference_image_embeddings, reference_text_embeddings, sample_image
+
+
+@pytest.fixture(scope='module')
+def encoder(tiny_weights):
+    encoder = CLIPEncoder(name='tiny-vit', model_path=str(tiny_weights['tiny-vit']), minibatch_size=2)
+    yield encoder
+    encoder.close()
+
+
+def mixed_docs():
+    images = [sample_image(seed) for seed in range(4)]
+    docs = DocumentArray(
+        [
+            Document(id='t0', text='a dog'),
+            Document(id='png', blob=encoded(images[0], 'PNG'), mime_type='image/png'),
+            Document(id='t1', text='a cat on a mat'),
+            Document(id='jpg', blob=encoded(images[1], 'JPEG', quality=95)),
+            Document(id='uri', uri='data:image/png;base64,' + base64.b64encode(encoded(images[2])).decode()),
+            Document(id='tensor', tensor=np.asarray(images[3])),
+            Document(id='t2', text='word ' * 300),
+        ]
+    )
+    decoded_jpeg = __import__('PIL.Image', fromlist=['Image']).open(__import__('io').BytesIO(docs['jpg'].blob))
+    return docs, [images[0], decoded_jpeg, images[2], images[3]]
+
+
+def test_mixed_request_equals_open_clip_and_keeps_ids_and_order(encoder, reference):
+    docs, images = mixed_docs()
+    encoder.encode(docs, {})
+    assert [d.id for d in docs] == ['t0', 'png', 't1', 'jpg', 'uri', 'tensor', 't2']
+    texts = reference_text_embeddings(reference('tiny-vit'), ['a dog', 'a cat on a mat', 'word ' * 300])
+    pictures = reference_image_embeddings(reference('tiny-vit'), images)
+    served_texts = np.stack([docs[i].embedding for i in ('t0', 't1', 't2')])
+    served_images = np.stack([docs[i].embedding for i in ('png', 'jpg', 'uri', 'tensor')])
+    assert served_texts.dtype == np.float32
+    np.testing.assert_allclose(served_texts, texts, atol=1e-5)
+    np.testing.assert_allclose(served_images, pictures, atol=1e-5)
+    assert docs['png'].blob and docs['tensor'].tensor is not None  # content comes back by default
+
+
+def test_drop_image_content(encoder):
+    docs, _ = mixed_docs()
+    encoder.encode(docs, {'drop_image_content': True})
+    assert docs['png'].blob == b'' and docs['tensor'].tensor is None
+    assert docs['t0'].text == 'a dog' and docs['png'].embedding is not None
+
+
+def test_json_transported_tensor_is_accepted(encoder):
+    pixels = np.asarray(sample_image(5))
+    as_uint8, as_int64 = Document(tensor=pixels), Document(tensor=pixels.astype(np.int64))
+    encoder.encode(DocumentArray([as_uint8, as_int64]), {})
+    np.testing.assert_array_equal(as_uint8.embedding, as_int64.embedding)
+
+
+def test_access_paths_and_deprecated_traversal_paths(encoder):
+    for parameters in ({'access_paths': '@c'}, {'traversal_paths': '@c'}):
+        root = Document(chunks=[Document(text='inside')])
+        encoder.encode(DocumentArray([root]), parameters)
+        assert root.embedding is None and root.chunks[0].embedding.shape == (32,)
+
+
+def test_documents_without_content_are_skipped(encoder):
+    docs = DocumentArray([Document(id='empty'), Document(id='text', text='hello')])
+    encoder.encode(docs, {})
+    assert docs['empty'].embedding is None and docs['text'].embedding is not None
+
+
+@pytest.mark.parametrize(
+    'bad, message',
+    [
+        (Document(id='bad', blob=b'\x89PNG broken'), 'document bad: cannot decode image'),
+        (Document(id='bad', tensor=np.zeros((0, 0, 3), np.uint8)), 'document bad: image tensor is empty'),
+        (Document(id='bad', uri='/etc/passwd'), 'does not read files or fetch URLs'),
+        (Document(id='bad', uri='https://example.com/cat.jpg'), 'does not read files or fetch URLs'),
+    ],
+)
+def test_bad_input_fails_the_request_clearly_then_next_is_served(encoder, bad, message):
+    with pytest.raises(InvalidInputError, match=message):
+        encoder.encode(DocumentArray([Document(text='fine'), bad]), {})
+    follow_up = DocumentArray([Document(text='next request'), Document(blob=encoded(sample_image()))])
+    encoder.encode(follow_up, {})
+    assert all(doc.embedding is not None for doc in follow_up)
+
+
+def test_rank_scores_matches_of_any_modality(encoder):
+    image = sample_image(9)
+    query = Document(id='q', blob=encoded(image))
+    query.matches = [
+        Document(id='same', tensor=np.asarray(image)),
+        Document(id='text', text='something else'),
+        Document(id='other', blob=encoded(sample_image(10))),
+    ]
+    docs = DocumentArray([query])
+    encoder.rank(docs, {'drop_image_content': True})
+    ranked = docs['q'].matches
+    assert ranked[0].id == 'same'
+    assert ranked[0].scores['clip_score_cosine'].value == pytest.approx(1.0, abs=1e-5)
+    scores = [m.scores['clip_score'].value for m in ranked]
+    assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0)
+    assert all(m.embedding is None for m in ranked)
+    assert docs['q'].embedding is not None and not docs['q'].blob and ranked[0].tensor is None
+
+
+def test_rank_refuses_documents_without_content(encoder):
+    query = Document(text='query', matches=[Document(id='hollow')])
+    with pytest.raises(InvalidInputError, match='document hollow has no text'):
+        encoder.rank(DocumentArray([query]), {})
+
+
+def test_bad_parameters_fail_at_start(tiny_weights):
+    with pytest.raises(ValueError, match='minibatch_size'):
+        CLIPEncoder(name='tiny-vit', model_path=str(tiny_weights['tiny-vit']), minibatch_size=0)
+    with pytest.raises(ValueError, match="dtype 'fp64'"):
+        CLIPEncoder(name='tiny-vit', model_path=str(tiny_weights['tiny-vit']), dtype='fp64')
+    with pytest.raises(ValueError, match='Unknown model name'):
+        CLIPEncoder(name='ViT-Z-99::nothing')

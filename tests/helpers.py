@@ -51,9 +51,9 @@ def free_port() -> int:
 
 
 def flow_yaml(
-    port: int,
+    port: int | list[int],
     *,
-    protocol: str = 'grpc',
+    protocol: str | list[str] = 'grpc',
     module: str = 'clip_server.executors.clip_torch',
     with_params: dict | None = None,
     executor_extra: str = '',
@@ -63,8 +63,8 @@ def flow_yaml(
     return f"""jtype: Flow
 version: '1'
 with:
-  port: {port}
-  protocol: {protocol}
+  port: {_yaml_value(port)}
+  protocol: {_yaml_value(protocol)}
   host: 127.0.0.1
 executors:
   - name: clip
@@ -77,6 +77,10 @@ executors:
           - {TESTS / 'tiny_models.py'}
           - {module}
 """
+
+
+def _yaml_value(value) -> str:
+    return f'[{", ".join(map(str, value))}]' if isinstance(value, list) else str(value)
 
 
 def server_env() -> dict[str, str]:

@@ -13,7 +13,7 @@ import warnings
 from urllib.parse import unquote_to_bytes
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clip_server.model.registry import ModelSpec
 
@@ -46,6 +46,8 @@ def image_from_bytes(data: bytes) -> Image.Image:
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidInputError(f'image is too large to decode safely: {exc}') from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidInputError(f'cannot decode image ({len(data)} bytes): not a known image format') from exc
     except Exception as exc:
         raise InvalidInputError(f'cannot decode image ({len(data)} bytes): {exc}') from exc
     return _upright(image)

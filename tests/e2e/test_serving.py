@@ -30,13 +30,16 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope='module')
 def server(tiny_weights, tmp_path_factory):
     ports = [free_port() for _ in PROTOCOLS]
+    monitoring_port = free_port()
     yaml_text = flow_yaml(
         ports,
         protocol=PROTOCOLS,
         with_params={'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit']), 'minibatch_size': 2},
+        executor_extra=f'\n    monitoring: true\n    port_monitoring: {monitoring_port}',
     )
     running = start_server(tmp_path_factory.mktemp('serving'), yaml_text, ports[0])
     running.ports = dict(zip(PROTOCOLS, ports))
+    running.monitoring_port = monitoring_port
     yield running
     running.stop()
 
@@ -150,3 +153,12 @@ def test_raw_http_error_names_the_document(server):
     payload = {'execEndpoint': '/', 'data': [{'id': 'broken', 'blob': base64.b64encode(b'junk').decode()}]}
     body = requests.post(f'http://127.0.0.1:{server.ports["http"]}/post', json=payload, timeout=60).json()
     assert 'document broken: cannot decode image (4 bytes): not a known image format' in body['header']['status']['description']
+
+
+def test_executor_exports_its_timings(server):
+    client(server, 'grpc').encode(['counted text'])
+    client(server, 'grpc').encode(DocumentArray([Document(tensor=np.asarray(sample_image(11)))]))
+    scrape = requests.get(f'http://127.0.0.1:{server.monitoring_port}/', timeout=10).text
+    for metric in ('preprocess_texts_seconds', 'preprocess_images_seconds', 'encode_texts_seconds', 'encode_images_seconds'):
+        counts = [line for line in scrape.splitlines() if line.startswith(f'jina_{metric}_count')]
+        assert counts and float(counts[0].rsplit(' ', 1)[1]) >= 1, f'{metric} missing from:\n{scrape[:2000]}'

@@ -4,6 +4,7 @@ import base64
 
 import numpy as np
 import pytest
+import torch
 from docarray import Document, DocumentArray
 
 from clip_server.executors.clip_torch import CLIPEncoder
@@ -125,3 +126,20 @@ def test_bad_parameters_fail_at_start(tiny_weights):
         CLIPEncoder(name='tiny-vit', model_path=str(tiny_weights['tiny-vit']), dtype='fp64')
     with pytest.raises(ValueError, match='Unknown model name'):
         CLIPEncoder(name='ViT-Z-99::nothing')
+
+
+@pytest.fixture
+def keep_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cpu_threads_are_split_between_replicas(tiny_weights, monkeypatch, keep_torch_threads):
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    monkeypatch.setattr('os.cpu_count', lambda: 8)
+    weights = str(tiny_weights['tiny-vit'])
+    assert CLIPEncoder(name='tiny-vit', model_path=weights, runtime_args={'replicas': 2}).cpu_threads() == 4
+    assert CLIPEncoder(name='tiny-vit', model_path=weights, runtime_args={'replicas': 16}).cpu_threads() == 1
+    monkeypatch.setenv('OMP_NUM_THREADS', '3')
+    assert CLIPEncoder(name='tiny-vit', model_path=weights, runtime_args={'replicas': 2}).cpu_threads() == 3

@@ -46,6 +46,24 @@ def quick_gelu_for(spec: ModelSpec) -> bool:
     return bool(spec.tag and open_clip.get_pretrained_cfg(spec.arch, spec.tag).get('quick_gelu', False))
 
 
+def create_open_clip_model(
+    spec: ModelSpec, weights: str | os.PathLike | None, *, device: str = 'cpu', dtype: str = 'fp32'
+) -> torch.nn.Module:
+    """The open_clip module for `spec` in eval mode, with `weights` loaded (strictly) when given."""
+    import open_clip
+
+    if spec.family != OPEN_CLIP:
+        raise NotImplementedError(f'{spec.name} ({spec.family}) is not supported by this runtime yet')
+    model = open_clip.create_model(
+        spec.arch,
+        pretrained=str(Path(weights)) if weights else None,
+        precision=check_dtype(dtype),
+        device=check_device(device),
+        force_quick_gelu=quick_gelu_for(spec),
+    )
+    return model.eval()
+
+
 class OpenCLIPModel:
     """An open_clip CLIP model in inference mode.
 
@@ -62,21 +80,10 @@ class OpenCLIPModel:
         dtype: str = 'fp32',
         jit: bool = False,
     ):
-        import open_clip
-
-        if spec.family != OPEN_CLIP:
-            raise NotImplementedError(f'{spec.name} ({spec.family}) is not supported by the PyTorch runtime yet')
+        model = create_open_clip_model(spec, weights, device=device, dtype=dtype)
         self.spec = spec
-        self.device = torch.device(check_device(device))
-        self.dtype = DTYPES[check_dtype(dtype)]
-        model = open_clip.create_model(
-            spec.arch,
-            pretrained=str(Path(weights)) if weights else None,
-            precision=dtype,
-            device=self.device,
-            force_quick_gelu=quick_gelu_for(spec),
-        )
-        model.eval()
+        self.device = torch.device(device)
+        self.dtype = DTYPES[dtype]
         self._model = torch.jit.script(model) if jit else model
 
     @torch.inference_mode()

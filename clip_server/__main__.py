@@ -1,0 +1,189 @@
+"""Command line: ``python -m clip_server [FLOW_YAML | -i]`` serves the Flow a YAML describes.
+
+The YAML is the only configuration. This module alone deals with argv, stdin and
+YAML files; it turns every start-up failure into one message on stderr and a
+non-zero exit, while jina's own logs (on stdout) keep the details.
+"""
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import signal
+import sys
+import traceback
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+import yaml
+from jina import Flow
+from jina.excepts import PortAlreadyUsed, RuntimeFailToStart
+
+BUNDLED_FLOWS = ('torch-flow.yml', 'onnx-flow.yml', 'tensorrt-flow.yml')
+
+
+class _Fail(Exception):
+    """A start-up failure, worded for the user."""
+
+
+def bundled_flow(name: str) -> Traversable:
+    """The package's own copy of a bundled Flow YAML, wherever the package is installed."""
+    return files('clip_server') / 'resources' / name
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog='clip_server',
+        description='Serve CLIP embeddings with the Jina Flow that a YAML file describes.',
+    )
+    parser.add_argument(
+        'flow_yaml',
+        nargs='?',
+        metavar='FLOW_YAML',
+        help=f'a Flow YAML file, or one of the bundled {", ".join(BUNDLED_FLOWS)} '
+        '(default: torch-flow.yml)',
+    )
+    parser.add_argument(
+        '-i', dest='from_stdin', action='store_true', help='read the Flow YAML from stdin'
+    )
+    args = parser.parse_args(argv)
+    if args.from_stdin and args.flow_yaml:
+        parser.error('give either FLOW_YAML or -i, not both')
+    return args
+
+
+def _load_flow(flow_yaml: str | None, from_stdin: bool) -> Flow:
+    if from_stdin:
+        return _parse_flow(sys.stdin.read(), '<stdin>', search_dir=None)
+    if flow_yaml is None or flow_yaml in BUNDLED_FLOWS:
+        source = bundled_flow(flow_yaml or 'torch-flow.yml')
+    else:
+        source = Path(flow_yaml).expanduser()
+    try:
+        text = source.read_text(encoding='utf-8')
+    except (OSError, UnicodeError) as e:
+        raise _Fail(f'cannot read {source}: {getattr(e, "strerror", None) or e}') from e
+    return _parse_flow(text, str(source), search_dir=os.path.dirname(str(source)))
+
+
+def _parse_flow(text: str, name: str, search_dir: str | None) -> Flow:
+    """Check the YAML ourselves first: jina shifts line numbers and drops the file name."""
+    stream = io.StringIO(text)
+    stream.name = name  # PyYAML names the source in its error marks
+    try:
+        root = yaml.compose(stream, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        raise _Fail(f'invalid YAML: {e}') from e
+    if not _is_flow(root):
+        raise _Fail(f'{name} does not describe a Flow: expected a mapping with "jtype: Flow"')
+    try:
+        return Flow.load_config(
+            io.StringIO(text), extra_search_paths=[search_dir] if search_dir else None
+        )
+    except Exception as e:
+        raise _Fail(f'invalid Flow in {name}: {_describe(e)}') from e
+
+
+def _is_flow(root: yaml.Node | None) -> bool:
+    if not isinstance(root, yaml.MappingNode):
+        return False
+    return root.tag == '!Flow' or any(
+        key.value == 'jtype' and value.value == 'Flow' for key, value in root.value
+    )
+
+
+def _describe(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f'{type(error).__name__}: {lines[0]}' if lines else type(error).__name__
+
+
+class _ChildErrors:
+    """Collects the exceptions that the Flow's processes log while it starts.
+
+    When an executor fails in its own process (unknown module or jtype, an error in
+    its __init__), jina raises a bare RuntimeFailToStart here and the real error is
+    only logged over there. A log-record factory, inherited by the forked processes,
+    copies each logged exception into a pipe that this process reads.
+    """
+
+    def __enter__(self) -> '_ChildErrors':
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)  # never stall a process on a full pipe
+        self._make_record = logging.getLogRecordFactory()
+        logging.setLogRecordFactory(self._record)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        logging.setLogRecordFactory(self._make_record)
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
+    def _record(self, *args: object, **kwargs: object) -> logging.LogRecord:
+        record = self._make_record(*args, **kwargs)
+        if record.exc_info and record.exc_info[1] is not None:
+            line = f'{record.name}: {_describe(record.exc_info[1])}\n'
+            with contextlib.suppress(OSError):  # pipe full: the log still has it
+                os.write(self._write_fd, line.encode())
+        return record
+
+    def read(self) -> list[str]:
+        with contextlib.suppress(BlockingIOError):
+            return list(dict.fromkeys(os.read(self._read_fd, 1 << 16).decode().splitlines()))
+        return []
+
+
+def _serve(flow: Flow) -> None:
+    """Serve until SIGINT or SIGTERM, then stop the gateway and every executor.
+
+    jina stops cleanly on KeyboardInterrupt, but SIGTERM would kill this process
+    alone and orphan the Flow's processes: so both signals raise KeyboardInterrupt.
+    gRPC code can swallow that exception while the Flow starts, so the signal is
+    also remembered, and then the Flow stops as soon as it has started.
+    """
+    received: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with _ChildErrors() as child_errors:
+            try:
+                flow.start()
+            except RuntimeFailToStart as e:
+                reason = '; '.join(child_errors.read()) or 'see the log above'
+                raise _Fail(f'the Flow failed to start: {reason}') from e
+            except PortAlreadyUsed as e:
+                raise _Fail(f'the gateway port is already in use ({e})') from e
+            except Exception as e:
+                raise _Fail(f'the Flow failed to start: {_describe(e)}') from e
+        if not received:
+            flow.block()  # returns on KeyboardInterrupt
+    finally:
+        flow.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parse_args(argv)
+    os.environ.setdefault('JINA_HIDE_SURVEY', '1')  # jina's survey banner means nothing to our users
+    try:
+        _serve(_load_flow(args.flow_yaml, args.from_stdin))
+    except _Fail as e:
+        if os.environ.get('JINA_LOG_LEVEL', '').upper() == 'DEBUG':
+            traceback.print_exc()
+        print(f'clip_server: error: {e}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # stopped before the Flow was ready
+        pass
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""A tiny executor for CLI tests: starts in milliseconds, or slowly, or fails in __init__."""
+
+import time
+
+from jina import Executor, requests
+
+
+class Echo(Executor):
+    """Prefixes each Document's text with 'echo:'.
+
+    `load_seconds` stands in for a slow model load; `fail` is raised as a ValueError at start-up.
+    """
+
+    def __init__(self, load_seconds: float = 0, fail: str = '', **kwargs):
+        super().__init__(**kwargs)
+        time.sleep(load_seconds)
+        if fail:
+            raise ValueError(fail)
+
+    @requests
+    def echo(self, docs, **kwargs):
+        for doc in docs:
+            doc.text = f'echo:{doc.text}'

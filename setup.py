@@ -53,6 +53,8 @@ setup(
             'onnxruntime>=1.17',
             # 1.23 needs protobuf >= 6.31, which the serving stack cannot take
             'onnx>=1.17,<1.23',
+            # the ONNX export cache's cross-process lock
+            'filelock>=3.0',
         ],
         'tensorrt': ['tensorrt>=10,<11'],
         'transformers': ['transformers>=4.40'],

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -83,9 +84,10 @@ def _yaml_value(value) -> str:
     return f'[{", ".join(map(str, value))}]' if isinstance(value, list) else str(value)
 
 
-def server_env() -> dict[str, str]:
+def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(JINA_OPTOUT_TELEMETRY='1', NO_VERSION_CHECK='1', HF_HUB_OFFLINE='1')
+    env.update(extra or {})
     env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO), env.get('PYTHONPATH')]))
     return env
 
@@ -93,7 +95,14 @@ def server_env() -> dict[str, str]:
 class Server:
     """`python -m clip_server <yaml>` as a user starts it, stopped with Ctrl-C."""
 
-    def __init__(self, yaml_path: Path, port: int, protocol: str = 'grpc', args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        yaml_path: Path,
+        port: int,
+        protocol: str = 'grpc',
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ):
         self.port = port
         self.protocol = protocol
         self.log = yaml_path.with_suffix('.log')
@@ -101,7 +110,7 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, '-m', 'clip_server', str(yaml_path), *args],
             cwd=yaml_path.parent,
-            env=server_env(),
+            env=server_env(env),
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
         )
@@ -110,15 +119,17 @@ class Server:
     def address(self) -> str:
         return f'{self.protocol}://127.0.0.1:{self.port}'
 
-    def wait_ready(self, timeout: float = 120) -> 'Server':
+    def wait_ready(self, timeout: float = 120, is_ready: Callable[['Server'], bool] | None = None) -> 'Server':
+        """Wait until `is_ready(server)`; by default, until jina's client finds the Flow ready."""
         from jina import Client
 
         deadline = time.monotonic() + timeout
         client = Client(host='127.0.0.1', port=self.port, protocol=self.protocol)
+        is_ready = is_ready or (lambda server: client.is_flow_ready(timeout=1))
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f'server exited with {self.process.returncode}:\n{self.output()}')
-            if client.is_flow_ready(timeout=1):
+            if is_ready(self):
                 return self
             time.sleep(0.3)
         self.stop()
@@ -140,7 +151,15 @@ class Server:
         return self.process.returncode
 
 
-def start_server(tmp_path: Path, yaml_text: str, port: int, protocol: str = 'grpc') -> Server:
+def start_server(
+    tmp_path: Path,
+    yaml_text: str,
+    port: int,
+    protocol: str = 'grpc',
+    env: dict[str, str] | None = None,
+    is_ready: Callable[[Server], bool] | None = None,
+) -> Server:
+    """Serve `yaml_text` from tmp_path/flow.yml (relative paths in it are relative to tmp_path)."""
     path = tmp_path / 'flow.yml'
     path.write_text(yaml_text)
-    return Server(path, port, protocol).wait_ready()
+    return Server(path, port, protocol, env=env).wait_ready(is_ready=is_ready)

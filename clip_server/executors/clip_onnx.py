@@ -1,0 +1,47 @@
+"""CLIPEncoder on ONNX Runtime: `py_modules: [clip_server.executors.clip_onnx]` in a Flow YAML."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clip_server.executors.encoder_base import CLIPEncoderBase
+from clip_server.model.onnx_export import onnx_model_dir
+from clip_server.model.onnx_model import ONNXModel, check_dtype, serving_device
+from clip_server.model.openclip_model import default_dtype
+
+
+class CLIPEncoder(CLIPEncoderBase):
+    """Serves a CLIP model with onnxruntime, on CPU or CUDA.
+
+    `model_path`: a folder holding `textual.onnx` and `visual.onnx` is served as is (a
+    custom model; `name` still picks its tokenizer and image preprocessing); a file is
+    taken as PyTorch weights and exported; unset, the pretrained weights are exported.
+    Exports are cached, so only the first start pays for them.
+    `device` defaults to CUDA when both a GPU and onnxruntime's CUDA provider are there;
+    CUDA without that provider is served on CPU, with a loud warning.
+    `dtype` (of exports) defaults to fp32 on CPU and fp16 on GPU; fp16 on CPU is refused,
+    as onnxruntime's CPU provider lacks fp16 kernels. A custom folder runs in the
+    precision it was saved in, so serve an fp16 folder on CUDA only.
+    `intra_op_threads` defaults to this replica's share of the CPU cores.
+    """
+
+    def __init__(
+        self,
+        device: str | None = None,
+        dtype: str | None = None,
+        model_path: str | None = None,
+        intra_op_threads: int | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        device = serving_device(device)
+        dtype = check_dtype(dtype or default_dtype(device), device)
+        self.model = ONNXModel(
+            onnx_model_dir(self.spec, model_path, dtype=dtype),
+            device=device,
+            intra_op_threads=intra_op_threads or self.cpu_threads(),
+            image_size=self.spec.image_size,
+        )
+        self.logger.info(
+            f'{self.spec.name} ready on {", ".join(self.model.providers)}, {self.spec.dim}-d embeddings'
+        )

@@ -1,0 +1,170 @@
+"""ONNX runtime: a folder with `textual.onnx` and `visual.onnx` served through onnxruntime.
+
+The folder's I/O contract is the one custom models made for the original server follow:
+`visual.onnx` takes `pixel_values` float32 [N, 3, S, S]; `textual.onnx` takes `input_ids`
+and `attention_mask` int32 [N, 77]; each has one output [N, D]; the batch axis is dynamic.
+Models are checked against it at start, so a wrong folder fails with a message naming
+the problem instead of at the first request.
+
+Kept free of Jina and docarray (torch is only asked, lazily, whether there is a GPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+logger = logging.getLogger(__name__)
+
+TEXT_FILE = 'textual.onnx'
+IMAGE_FILE = 'visual.onnx'
+TEXT_INPUTS = ('input_ids', 'attention_mask')
+IMAGE_INPUT = 'pixel_values'
+DTYPES = ('fp32', 'fp16')
+CUDA = 'CUDAExecutionProvider'
+CPU = 'CPUExecutionProvider'
+
+# The element types a conforming model may declare; inputs are cast to what it declares.
+_TEXT_TYPES = {'tensor(int32)': np.int32, 'tensor(int64)': np.int64}
+_IMAGE_TYPES = {'tensor(float)': np.float32, 'tensor(float16)': np.float16}
+
+
+class ONNXModelError(ValueError):
+    """An ONNX model folder that cannot be served; the message says what is wrong with it."""
+
+
+def serving_device(device: str | None = None) -> str:
+    """`device`, by default CUDA when there is both a GPU and onnxruntime's CUDA provider.
+
+    CUDA asked for without the provider is served on CPU, with a loud warning.
+    """
+    import torch  # a core dependency; only asked whether a GPU is there
+
+    has_provider = CUDA in ort.get_available_providers()
+    if device is None:
+        return 'cuda' if has_provider and torch.cuda.is_available() else 'cpu'
+    if device.startswith('cuda') and not has_provider:
+        _warn_no_cuda(f'this onnxruntime has no {CUDA} (it has {", ".join(ort.get_available_providers())})')
+        return 'cpu'
+    return device
+
+
+def check_dtype(dtype: str, device: str) -> str:
+    """fp16 only on CUDA: onnxruntime's CPU provider has few fp16 kernels (1.32 even crashes optimising them)."""
+    if dtype not in DTYPES:
+        raise ValueError(f'dtype {dtype!r} is not one of {", ".join(DTYPES)} for the ONNX runtime')
+    if dtype == 'fp16' and not device.startswith('cuda'):
+        raise ValueError('dtype fp16 needs device cuda with the ONNX runtime; on CPU use dtype fp32')
+    return dtype
+
+
+def providers_for(device: str) -> list:
+    """CUDA (on the device's GPU) then CPU for a cuda device, CPU alone otherwise."""
+    if not device.startswith('cuda'):
+        return [CPU]
+    return [(CUDA, {'device_id': int(device.partition(':')[2] or 0)}), CPU]
+
+
+def _warn_no_cuda(reason: str) -> None:
+    logger.warning(
+        '!!! device cuda was asked for, but the ONNX model runs on CPU, much slower: %s. '
+        'Install onnxruntime-gpu matching your CUDA and cuDNN versions, or set device: cpu. !!!',
+        reason,
+    )
+
+
+def attention_mask(tokens: np.ndarray) -> np.ndarray:
+    """1 up to and including each row's end-of-text token (its largest id), 0 on the padding after it.
+
+    Not `tokens != 0`: id 0 is '!' in CLIP's vocabulary, and padding is 0 too.
+    """
+    return np.arange(tokens.shape[1]) <= tokens.argmax(axis=1)[:, None]
+
+
+def _describe(args: list) -> str:
+    return ', '.join(f'{arg.name} ({arg.type} {arg.shape})' for arg in args) or 'nothing'
+
+
+class _Tower:
+    """One checked inference session: its inputs by name with the numpy dtype each declares."""
+
+    def __init__(
+        self,
+        path: Path,
+        inputs: tuple[str, ...],
+        types: dict[str, type],
+        rank: int,
+        options: ort.SessionOptions,
+        providers: list,
+    ):
+        if not path.is_file():
+            raise ONNXModelError(
+                f'{path.parent} has no {path.name}: an ONNX model folder needs both {TEXT_FILE} and {IMAGE_FILE}'
+            )
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own unexported exception classes
+            raise ONNXModelError(f'{path} is not a loadable ONNX model: {exc}') from exc
+        declared, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if sorted(arg.name for arg in declared) != sorted(inputs):
+            raise ONNXModelError(f'{path} must take {", ".join(inputs)}; it takes {_describe(declared)}')
+        if len(outputs) != 1 or len(outputs[0].shape) != 2:
+            raise ONNXModelError(f'{path} must have one output [batch, dim]; it has {_describe(outputs)}')
+        for arg in declared:
+            if arg.type not in types or len(arg.shape) != rank:
+                raise ONNXModelError(
+                    f'{path}: input {arg.name} must be {" or ".join(types)} of rank {rank}, not {arg.type} {arg.shape}'
+                )
+        for arg in declared + outputs:
+            if isinstance(arg.shape[0], int):
+                raise ONNXModelError(
+                    f'{path}: {arg.name} has a fixed batch size of {arg.shape[0]}; export it with a dynamic batch axis'
+                )
+        self.inputs = {arg.name: types[arg.type] for arg in declared}
+        self.shapes = {arg.name: arg.shape for arg in declared}
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        cast = {name: np.ascontiguousarray(feed[name], dtype=dtype) for name, dtype in self.inputs.items()}
+        return self.session.run(None, cast)[0].astype(np.float32, copy=False)
+
+
+class ONNXModel:
+    """A CLIP model as two ONNX graphs, numpy in, float32 numpy out (embeddings not normalised)."""
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        *,
+        device: str = 'cpu',
+        intra_op_threads: int | None = None,
+        image_size: int | None = None,
+    ):
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise ONNXModelError(f'ONNX model folder {str(folder)!r} does not exist or is not a folder')
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        providers = providers_for(device)
+        self._text = _Tower(folder / TEXT_FILE, TEXT_INPUTS, _TEXT_TYPES, 2, options, providers)
+        self._image = _Tower(folder / IMAGE_FILE, (IMAGE_INPUT,), _IMAGE_TYPES, 4, options, providers)
+        self.providers = self._image.session.get_providers()
+        if providers[0] != CPU and CUDA not in self.providers:
+            _warn_no_cuda(f'{CUDA} did not load (see onnxruntime\'s messages above)')
+        spatial = self._image.shapes[IMAGE_INPUT][2:]
+        if image_size and all(isinstance(side, int) for side in spatial) and spatial != [image_size] * 2:
+            raise ONNXModelError(
+                f'{folder / IMAGE_FILE} takes {spatial[0]}x{spatial[1]} images, but the model name gives '
+                f'{image_size}x{image_size} preprocessing: set `name` to the model the folder was made from'
+            )
+
+    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
+        return self._text.run({'input_ids': tokens, 'attention_mask': attention_mask(tokens)})
+
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        return self._image.run({IMAGE_INPUT: pixels})

@@ -19,7 +19,10 @@ from pathlib import Path
 
 import yaml
 from jina import Flow
+from jina.enums import ProtocolType
 from jina.excepts import PortAlreadyUsed, RuntimeFailToStart
+
+from clip_server.flow_config import adjusted_flow_yaml
 
 BUNDLED_FLOWS = ('torch-flow.yml', 'onnx-flow.yml', 'tensorrt-flow.yml')
 
@@ -79,11 +82,37 @@ def _parse_flow(text: str, name: str, search_dir: str | None) -> Flow:
     if not _is_flow(root):
         raise _Fail(f'{name} does not describe a Flow: expected a mapping with "jtype: Flow"')
     try:
-        return Flow.load_config(
+        text = adjusted_flow_yaml(root, text)
+    except ValueError as e:
+        raise _Fail(f'invalid Flow in {name}: {e}') from e
+    try:
+        flow = Flow.load_config(
             io.StringIO(text), extra_search_paths=[search_dir] if search_dir else None
         )
     except Exception as e:
         raise _Fail(f'invalid Flow in {name}: {_describe(e)}') from e
+    _check_grpc_key(flow)
+    return flow
+
+
+def _check_grpc_key(flow: Flow) -> None:
+    """Refuse a password-protected key for gRPC: jina would only say 'Failed to bind to address'.
+
+    `uvicorn_kwargs: {ssl_keyfile_password: ...}` unlocks the key for the HTTP and WebSocket
+    servers alone; jina's gRPC server reads the key file as it is.
+    """
+    args = flow.gateway_args
+    if not args.ssl_keyfile or ProtocolType.GRPC not in args.protocol:
+        return
+    try:
+        lines = Path(args.ssl_keyfile).read_bytes().splitlines()
+    except OSError:
+        return  # jina names the missing file itself
+    if any(line.startswith((b'-----BEGIN ENCRYPTED', b'Proc-Type: 4,ENCRYPTED')) for line in lines):
+        raise _Fail(
+            f'ssl_keyfile {args.ssl_keyfile} is password-protected, which gRPC cannot use: '
+            'give gRPC an unencrypted key (ssl_keyfile_password applies to http and websocket only)'
+        )
 
 
 def _is_flow(root: yaml.Node | None) -> bool:

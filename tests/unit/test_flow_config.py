@@ -1,0 +1,82 @@
+"""The YAML adjustments made before jina sees a Flow: TLS keys go to the gateway alone."""
+
+import pytest
+import yaml
+from jina import Flow
+
+from clip_server.flow_config import adjusted_flow_yaml
+
+SEED_TLS = """jtype: Flow
+version: '1'
+with:
+  port: 8443
+  protocol: http
+  cors: true
+  uvicorn_kwargs:
+    ssl_keyfile_password: blahblah
+  ssl_certfile: cert.pem
+  ssl_keyfile: key.pem
+executors:
+  - name: clip_t
+    uses:
+      jtype: CLIPEncoder
+      metas:
+        py_modules:
+          - clip_server.executors.clip_torch
+"""
+
+
+def adjust(text: str) -> str:
+    return adjusted_flow_yaml(yaml.compose(text, Loader=yaml.SafeLoader), text)
+
+
+def test_tls_keys_reach_the_gateway_and_no_executor():
+    flow = Flow.load_config(adjust(SEED_TLS))
+    gateway = flow.gateway_args
+    assert (gateway.ssl_certfile, gateway.ssl_keyfile) == ('cert.pem', 'key.pem')
+    assert gateway.uvicorn_kwargs == {'ssl_keyfile_password': 'blahblah', 'timeout_graceful_shutdown': 3}
+    assert gateway.cors and gateway.port == [8443]
+    executor = flow.build()['clip_t'].args
+    assert executor.ssl_certfile is None and executor.ssl_keyfile is None
+
+
+def test_without_the_adjustment_jina_hands_tls_to_the_executor():
+    """The pitfall itself: if jina ever stops doing this, the adjustment can go."""
+    executor = Flow.load_config(SEED_TLS).build()['clip_t'].args
+    assert executor.ssl_certfile == 'cert.pem'
+
+
+def test_yaml_without_tls_is_passed_on_verbatim():
+    text = SEED_TLS.replace('  uvicorn_kwargs:\n    ssl_keyfile_password: blahblah\n', '').replace(
+        '  ssl_certfile: cert.pem\n  ssl_keyfile: key.pem\n', ''
+    )
+    assert adjust(text) is text
+
+
+def test_tags_env_placeholders_and_an_existing_gateway_section_survive():
+    text = """!Flow
+version: '1'
+with:
+  ssl_certfile: ${{ ENV.CERT }}
+  ssl_keyfile: from-with.pem
+executors:
+  - name: clip_t
+    uses: !CLIPEncoder
+      with: {name: ViT-B-32::openai}
+gateway:
+  ssl_keyfile: from-gateway.pem
+  uvicorn_kwargs: {timeout_graceful_shutdown: 30}
+"""
+    data = yaml.load(adjust(text), Loader=yaml.BaseLoader)  # keeps tags' contents, resolves no types
+    assert 'ssl_certfile' not in data['with'] and 'ssl_keyfile' not in data['with']
+    assert data['gateway'] == {
+        'ssl_keyfile': 'from-gateway.pem',  # the gateway section wins
+        'uvicorn_kwargs': {'timeout_graceful_shutdown': '30'},  # the user's timeout is kept
+        'ssl_certfile': '${{ ENV.CERT }}',
+    }
+    assert '!CLIPEncoder' in adjust(text) and adjust(text).startswith('!Flow')
+
+
+def test_a_gateway_section_that_is_not_a_mapping_is_an_error():
+    with pytest.raises(ValueError, match='"gateway:" must be a mapping'):
+        adjust(SEED_TLS + 'gateway: [1]\n')

@@ -198,10 +198,25 @@ def _serve(flow: Flow) -> None:
             signal.signal(sig, handler)
 
 
+def _show_model_logs() -> None:
+    """Let the model layer's progress (downloads, exports, engine builds) reach the terminal.
+
+    It logs with plain `logging`, which nothing configures in the Flow's processes; they are
+    forked from this one and inherit this handler.
+    """
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter('%(levelname)-7s %(name)s: %(message)s'))
+    package = logging.getLogger('clip_server')
+    package.addHandler(handler)
+    package.setLevel(logging.DEBUG if os.environ.get('JINA_LOG_LEVEL', '').upper() == 'DEBUG' else logging.INFO)
+    package.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parse_args(argv)
     os.environ.setdefault('JINA_HIDE_SURVEY', '1')  # jina's survey banner means nothing to our users
+    _show_model_logs()
     try:
         _serve(_load_flow(args.flow_yaml, args.from_stdin))
     except _Fail as e:

@@ -113,6 +113,7 @@ class Server:
             env=server_env(env),
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a hung stop can end every child too
         )
 
     @property
@@ -145,7 +146,7 @@ class Server:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self._log_file.close()
         return self.process.returncode

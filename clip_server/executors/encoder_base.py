@@ -64,7 +64,7 @@ class CLIPEncoderBase(Executor):
         self.preprocessor = Preprocessor(self.spec)
         self.model: Any = None
         self._access_paths = access_paths
-        self._minibatch_size = minibatch_size
+        self.minibatch_size = minibatch_size
         self._pool = ThreadPoolExecutor(num_worker_preprocess, thread_name_prefix='clip-preprocess')
         for metric, documentation in METRICS.items():  # create once here, not racing in worker threads
             self.monitor(metric, documentation)
@@ -127,7 +127,7 @@ class CLIPEncoderBase(Executor):
         encode: Callable[[np.ndarray], np.ndarray],
         kind: str,
     ) -> None:
-        for batch, inputs in self._prefetched(minibatches(docs, self._minibatch_size), prepare):
+        for batch, inputs in self._prefetched(minibatches(docs, self.minibatch_size), prepare):
             with self.monitor(f'encode_{kind}_seconds'):
                 embeddings = encode(np.stack(inputs))
             for doc, embedding in zip(batch, embeddings):

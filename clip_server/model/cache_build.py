@@ -8,6 +8,7 @@ complete; the others wait on the lock and then use the finished folder.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -16,6 +17,11 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 logger = logging.getLogger(__name__)
+
+
+def folder_name(model_name: str) -> str:
+    """A model name as one safe path component (`M-CLIP/...` has a slash, `arch::tag` colons)."""
+    return re.sub(r'[^A-Za-z0-9._-]+', '_', model_name)
 
 
 def build_once(folder: Path, build: Callable[[Path], None], what: str) -> Path:

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 import time
 import warnings
@@ -28,7 +27,7 @@ import onnx
 import open_clip
 import torch
 
-from clip_server.model.cache_build import build_once
+from clip_server.model.cache_build import build_once, folder_name
 from clip_server.model.onnx_model import DTYPES, IMAGE_FILE, IMAGE_INPUT, TEXT_FILE, TEXT_INPUTS
 from clip_server.model.openclip_model import create_open_clip_model
 from clip_server.model.registry import ModelSpec, resolve
@@ -153,10 +152,6 @@ def _declare_unused_inputs(graph: onnx.ModelProto, inputs: tuple[str, ...]) -> N
             value.type.tensor_type.CopyFrom(first)
 
 
-def _safe_name(name: str) -> str:
-    return re.sub(r'[^A-Za-z0-9._-]+', '_', name)
-
-
 def export_key(weights: str | os.PathLike, dtype: str) -> str:
     """Short hash of what an export depends on: the weights file's identity and the exporter."""
     path = Path(weights).resolve()  # a hub snapshot link resolves to its content-named blob
@@ -170,7 +165,7 @@ def export_key(weights: str | os.PathLike, dtype: str) -> str:
 
 def cached_export(spec: ModelSpec, weights: str | os.PathLike, *, dtype: str = 'fp32') -> Path:
     """The cached export of `spec` with `weights`, made first if no process has made it yet."""
-    folder = cache_dir() / 'onnx' / _safe_name(spec.name) / f'{dtype}-{export_key(weights, dtype)}'
+    folder = cache_dir() / 'onnx' / folder_name(spec.name) / f'{dtype}-{export_key(weights, dtype)}'
     return build_once(folder, partial(export_onnx, spec, weights, dtype=dtype), f'the ONNX export of {spec.name}')
 
 

@@ -1,0 +1,220 @@
+"""TensorRT runtime: engines built from the ONNX export, cached per model, TensorRT version and GPU.
+
+Uses the TensorRT 10 named-tensor API (`set_input_shape`, `set_tensor_address`,
+`execute_async_v3`) with device memory held in torch CUDA tensors, so no pycuda is needed.
+`tensorrt` is imported only inside functions: importing this module never needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clip_server.model.cache_build import build_once, folder_name
+from clip_server.model.onnx_model import IMAGE_INPUT, attention_mask
+from clip_server.model.registry import ModelSpec
+from clip_server.model.weights import cache_dir
+
+logger = logging.getLogger(__name__)
+
+ALTERNATIVES = 'serve with PyTorch (`python -m clip_server`) or ONNX Runtime (`python -m clip_server onnx-flow.yml`) instead'
+# The builder may use up to this share of the GPU's free memory as scratch space, capped at 4 GiB.
+WORKSPACE_SHARE = 0.5
+WORKSPACE_CAP = 4 << 30
+TOWERS = ('textual', 'visual')
+
+
+def missing_pieces() -> list[str]:
+    """What this machine lacks for TensorRT, worded for the operator; empty when nothing."""
+    missing = []
+    if importlib.util.find_spec('tensorrt') is None:
+        missing.append("the `tensorrt` package (pip install 'clip-server[tensorrt]', or use the TensorRT Docker image)")
+    if not torch.cuda.is_available():
+        missing.append('an NVIDIA GPU with a working CUDA driver (torch.cuda.is_available() is False)')
+    return missing
+
+
+def require_tensorrt() -> None:
+    """Refuse to start, naming every missing piece, rather than fail on the first request."""
+    missing = missing_pieces()
+    if missing:
+        raise RuntimeError(f'The TensorRT runtime needs {" and ".join(missing)}; {ALTERNATIVES}.')
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything an engine depends on: a change in any of these must not reuse a cached engine."""
+
+    onnx_sha256: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    fp16: bool
+    max_batch: int
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def onnx_sha256(folder: Path) -> str:
+    """The export's content (graphs and any external-data files) identifies it."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(path.name.encode())
+        with open(path, 'rb') as f:
+            digest.update(hashlib.file_digest(f, 'sha256').digest())
+    return digest.hexdigest()
+
+
+def engine_key(onnx_folder: Path, *, fp16: bool, max_batch: int) -> EngineKey:
+    import tensorrt as trt
+
+    major, minor = torch.cuda.get_device_capability()
+    return EngineKey(
+        onnx_sha256=onnx_sha256(onnx_folder),
+        tensorrt_version=trt.__version__,
+        gpu_name=torch.cuda.get_device_name(),
+        compute_capability=f'{major}.{minor}',
+        fp16=fp16,
+        max_batch=max_batch,
+    )
+
+
+def profile_shapes(shape: tuple[int, ...], max_batch: int) -> tuple[tuple[int, ...], ...]:
+    """(min, opt, max) for one input whose first axis is the batch.
+
+    The executor never sends more than `minibatch_size` rows, so that is both the size
+    TensorRT tunes for and the largest it accepts.
+    """
+    rest = tuple(shape[1:])
+    if any(dim < 0 for dim in rest):
+        raise ValueError(f'only the batch axis may be dynamic, got input shape {shape}')
+    return (1, *rest), (max_batch, *rest), (max_batch, *rest)
+
+
+def workspace_bytes(device: int = 0) -> int:
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(min(WORKSPACE_CAP, free * WORKSPACE_SHARE))
+
+
+def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, max_batch: int) -> None:
+    """Compile one ONNX graph into a serialized engine file (minutes for the large models)."""
+    import tensorrt as trt
+
+    trt_logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(trt_logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, trt_logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = '; '.join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f'TensorRT cannot parse {onnx_path}: {errors}')
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes())
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+        _keep_sensitive_layers_in_fp32(network, trt)
+    profile = builder.create_optimization_profile()
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        profile.set_shape(tensor.name, *profile_shapes(tuple(tensor.shape), max_batch))
+    config.add_optimization_profile(profile)
+
+    started = time.monotonic()
+    logger.info('Building TensorRT engine from %s (fp16=%s, batch<=%d); this can take minutes', onnx_path, fp16, max_batch)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f'TensorRT failed to build an engine from {onnx_path}; see the TensorRT log above')
+    engine_path.write_bytes(bytes(serialized))
+    logger.info('Built %s in %.0f s', engine_path.name, time.monotonic() - started)
+
+
+def _keep_sensitive_layers_in_fp32(network, trt) -> None:
+    """LayerNorm and reductions overflow or lose accuracy in fp16; everything else may use it."""
+    sensitive = {trt.LayerType.NORMALIZATION, trt.LayerType.REDUCE}
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type in sensitive:
+            layer.precision = trt.float32
+            for output in range(layer.num_outputs):
+                layer.set_output_type(output, trt.float32)
+
+
+class _Engine:
+    """One deserialized engine and its execution context."""
+
+    def __init__(self, path: Path, device: torch.device):
+        import tensorrt as trt
+
+        self._trt = trt
+        self._device = device
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if self._engine is None:
+            raise RuntimeError(f'cannot load the TensorRT engine {path}; delete it to have it rebuilt')
+        self._context = self._engine.create_execution_context()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        is_input = {name: self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT for name in names}
+        self.inputs = [name for name in names if is_input[name]]
+        (self._output,) = [name for name in names if not is_input[name]]
+        self._stream = torch.cuda.Stream(device)
+
+    def _numpy_dtype(self, name: str) -> np.dtype:
+        return np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name)))
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Run on the inputs the engine declares (a graph may drop an unused one) -> float32.
+
+        Copies, execution and the copy back all go on this engine's stream, in order.
+        """
+        with torch.cuda.stream(self._stream):
+            held = []  # device buffers must outlive the asynchronous execution
+            for name in self.inputs:
+                array = np.ascontiguousarray(feeds[name], dtype=self._numpy_dtype(name))
+                held.append(torch.from_numpy(array).to(self._device))
+                self._context.set_input_shape(name, tuple(array.shape))
+                self._context.set_tensor_address(name, held[-1].data_ptr())
+            shape = tuple(self._context.get_tensor_shape(self._output))
+            output = torch.from_numpy(np.empty(shape, self._numpy_dtype(self._output))).to(self._device)
+            self._context.set_tensor_address(self._output, output.data_ptr())
+            if not self._context.execute_async_v3(self._stream.cuda_stream):
+                raise RuntimeError('TensorRT execution failed; see the TensorRT log')
+            result = output.float().cpu()  # waits for the stream
+        return result.numpy()
+
+
+class TensorRTModel:
+    """A textual and a visual engine behind the runtime-agnostic encode interface."""
+
+    def __init__(self, engine_folder: Path, device: str = 'cuda'):
+        self.device = torch.device(device)
+        self._textual = _Engine(engine_folder / 'textual.engine', self.device)
+        self._visual = _Engine(engine_folder / 'visual.engine', self.device)
+
+    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
+        return self._textual.run({'input_ids': tokens, 'attention_mask': attention_mask(tokens)})
+
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        return self._visual.run({IMAGE_INPUT: pixels})
+
+
+def cached_engines(spec: ModelSpec, onnx_folder: Path, *, fp16: bool, max_batch: int) -> Path:
+    """The folder with `textual.engine` and `visual.engine` for this model, GPU and TensorRT."""
+    key = engine_key(onnx_folder, fp16=fp16, max_batch=max_batch)
+    folder = cache_dir() / 'tensorrt' / folder_name(spec.name) / key.digest()
+
+    def build(target: Path) -> None:
+        for tower in TOWERS:
+            build_engine(onnx_folder / f'{tower}.onnx', target / f'{tower}.engine', fp16=fp16, max_batch=max_batch)
+
+    logger.info('TensorRT %s on %s (compute %s)', key.tensorrt_version, key.gpu_name, key.compute_capability)
+    return build_once(folder, build, f'the TensorRT engines of {spec.name}')

@@ -1,0 +1,108 @@
+"""TensorRT: what can be checked without a GPU here, and parity tests that run where one is lent."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from clip_server.model.tensorrt_model import EngineKey, missing_pieces, onnx_sha256, profile_shapes, require_tensorrt
+
+MISSING = missing_pieces()
+needs_gpu = pytest.mark.skipif(bool(MISSING), reason=f'TensorRT needs {" and ".join(MISSING)}')
+
+
+def test_importing_the_runtime_needs_neither_tensorrt_nor_a_gpu():
+    code = (
+        'import sys, clip_server.executors.clip_tensorrt, clip_server.model.tensorrt_model; '
+        'print("tensorrt" in sys.modules, "pycuda" in sys.modules)'
+    )
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ['False', 'False']
+
+
+@pytest.mark.skipif(not MISSING, reason='this machine has TensorRT and a GPU')
+def test_refusal_names_the_missing_piece_and_the_alternatives():
+    with pytest.raises(RuntimeError) as error:
+        require_tensorrt()
+    message = str(error.value)
+    assert all(piece in message for piece in MISSING)
+    assert 'python -m clip_server`' in message and 'onnx-flow.yml' in message
+
+
+@pytest.mark.skipif(not MISSING, reason='this machine has TensorRT and a GPU')
+def test_executor_refuses_before_loading_anything():
+    from clip_server.executors.clip_tensorrt import CLIPEncoder
+
+    with pytest.raises(RuntimeError, match='The TensorRT runtime needs'):
+        CLIPEncoder(name='tiny-vit', model_path='/does/not/matter')
+
+
+def test_profile_shapes_cover_one_to_a_minibatch():
+    assert profile_shapes((-1, 77), 32) == ((1, 77), (32, 77), (32, 77))
+    assert profile_shapes((-1, 3, 224, 224), 8) == ((1, 3, 224, 224), (8, 3, 224, 224), (8, 3, 224, 224))
+    with pytest.raises(ValueError, match='only the batch axis'):
+        profile_shapes((-1, -1), 8)
+
+
+def test_engine_key_changes_with_everything_an_engine_depends_on():
+    base = dict(onnx_sha256='a' * 64, tensorrt_version='10.8.0', gpu_name='NVIDIA H100', compute_capability='9.0',
+                fp16=True, max_batch=32)
+    digest = EngineKey(**base).digest()
+    assert EngineKey(**base).digest() == digest
+    changes = dict(onnx_sha256='b' * 64, tensorrt_version='10.9.0', gpu_name='NVIDIA A10', compute_capability='8.6',
+                   fp16=False, max_batch=64)
+    for field, value in changes.items():
+        assert EngineKey(**{**base, field: value}).digest() != digest, field
+
+
+def test_onnx_digest_follows_the_files(tmp_path):
+    (tmp_path / 'textual.onnx').write_bytes(b'text graph')
+    (tmp_path / 'visual.onnx').write_bytes(b'image graph')
+    first = onnx_sha256(tmp_path)
+    (tmp_path / 'visual.onnx.data').write_bytes(b'weights')
+    assert onnx_sha256(tmp_path) != first
+
+
+@needs_gpu
+@pytest.mark.parametrize('dtype, tolerance', [('fp32', 1e-3), ('fp16', 2e-2)])
+def test_tensorrt_matches_pytorch(tmp_path, monkeypatch, tiny_weights, dtype, tolerance):
+    """fp16 tolerance: relative to the embedding norm, half precision keeps ~3 decimal digits per layer."""
+    from clip_server.executors.clip_tensorrt import CLIPEncoder
+    from clip_server.model.openclip_model import OpenCLIPModel
+    from helpers import sample_image
+
+    monkeypatch.setenv('CLIP_SERVER_CACHE', str(tmp_path))
+    encoder = CLIPEncoder(name='tiny-vit', model_path=str(tiny_weights['tiny-vit']), dtype=dtype, minibatch_size=4)
+    reference = OpenCLIPModel(encoder.spec, tiny_weights['tiny-vit'])
+    tokens = encoder.preprocessor.tokenize(['a dog', 'ein Hund', 'x'])
+    pixels = np.stack([encoder.preprocessor.pixels(sample_image(seed)) for seed in range(3)])
+    for served, expected in ((encoder.model.encode_text(tokens), reference.encode_text(tokens)),
+                             (encoder.model.encode_image(pixels), reference.encode_image(pixels))):
+        assert served.dtype == np.float32
+        assert np.abs(served - expected).max() <= tolerance * np.abs(expected).max()
+
+
+@pytest.mark.skipif(not MISSING, reason='this machine has TensorRT and a GPU')
+def test_cli_refuses_with_one_clear_line(tmp_path):
+    from helpers import flow_yaml, free_port, server_env
+
+    path = tmp_path / 'trt.yml'
+    path.write_text(flow_yaml(free_port(), module='clip_server.executors.clip_tensorrt', with_params={'name': 'tiny-vit'}))
+    done = subprocess.run([sys.executable, '-m', 'clip_server', str(path)], capture_output=True, text=True,
+                          timeout=120, env=server_env())
+    assert done.returncode == 1
+    assert 'clip_server: error:' in done.stderr and 'The TensorRT runtime needs' in done.stderr
+    assert 'onnx-flow.yml' in done.stderr and 'Traceback' not in done.stderr
+
+
+@needs_gpu
+def test_engines_are_built_once_and_reused(tmp_path, monkeypatch, tiny_weights):
+    from clip_server.executors.clip_tensorrt import CLIPEncoder
+
+    monkeypatch.setenv('CLIP_SERVER_CACHE', str(tmp_path))
+    CLIPEncoder(name='tiny-vit', model_path=str(tiny_weights['tiny-vit']), minibatch_size=4)
+    (engines,) = (tmp_path / 'tensorrt' / 'tiny-vit').glob('*/textual.engine')
+    built = engines.stat().st_mtime_ns
+    CLIPEncoder(name='tiny-vit', model_path=str(tiny_weights['tiny-vit']), minibatch_size=4)
+    assert engines.stat().st_mtime_ns == built

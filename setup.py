@@ -36,6 +36,14 @@ MODEL = [
     'requests',
 ]
 
+ONNX = [
+    'onnxruntime>=1.17',
+    # 1.23 needs protobuf >= 6.31, which the serving stack cannot take
+    'onnx>=1.17,<1.23',
+    # the ONNX export cache's cross-process lock
+    'filelock>=3.0',
+]
+
 setup(
     name='clip-server',
     version=VERSION,
@@ -49,14 +57,9 @@ setup(
     include_package_data=True,
     install_requires=SERVING + MODEL,
     extras_require={
-        'onnx': [
-            'onnxruntime>=1.17',
-            # 1.23 needs protobuf >= 6.31, which the serving stack cannot take
-            'onnx>=1.17,<1.23',
-            # the ONNX export cache's cross-process lock
-            'filelock>=3.0',
-        ],
-        'tensorrt': ['tensorrt>=10,<11'],
+        'onnx': ONNX,
+        # engines are compiled from the ONNX export; TensorRT 10's named-tensor API
+        'tensorrt': ONNX + ['tensorrt>=10,<11'],
         'transformers': ['transformers>=4.40'],
         'test': [
             # the client users have; its HTTP path needs the jina pinned above

@@ -3,6 +3,8 @@
 The folder's I/O contract is the one custom models made for the original server follow:
 `visual.onnx` takes `pixel_values` float32 [N, 3, S, S]; `textual.onnx` takes `input_ids`
 and `attention_mask` int32 [N, 77]; each has one output [N, D]; the batch axis is dynamic.
+A text graph whose metadata names a `pad_token_id` (M-CLIP's) takes right-padded ids of any
+length instead: each minibatch is cut to its longest text and masked by that pad id.
 Models are checked against it at start, so a wrong folder fails with a message naming
 the problem instead of at the first request.
 
@@ -18,12 +20,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from clip_server.model.hf_text import trim_padding
+
 logger = logging.getLogger(__name__)
 
 TEXT_FILE = 'textual.onnx'
 IMAGE_FILE = 'visual.onnx'
 TEXT_INPUTS = ('input_ids', 'attention_mask')
 IMAGE_INPUT = 'pixel_values'
+PAD_TOKEN_ID = 'pad_token_id'  # metadata key of text graphs that mask by a pad id
 DTYPES = ('fp32', 'fp16')
 CUDA = 'CUDAExecutionProvider'
 CPU = 'CPUExecutionProvider'
@@ -156,6 +161,8 @@ class ONNXModel:
         self.providers = self._image.session.get_providers()
         if providers[0] != CPU and CUDA not in self.providers:
             _warn_no_cuda(f'{CUDA} did not load (see onnxruntime\'s messages above)')
+        pad = self._text.session.get_modelmeta().custom_metadata_map.get(PAD_TOKEN_ID)
+        self._pad_token_id = int(pad) if pad is not None else None
         spatial = self._image.shapes[IMAGE_INPUT][2:]
         if image_size and all(isinstance(side, int) for side in spatial) and spatial != [image_size] * 2:
             raise ONNXModelError(
@@ -164,7 +171,10 @@ class ONNXModel:
             )
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        return self._text.run({'input_ids': tokens, 'attention_mask': attention_mask(tokens)})
+        if self._pad_token_id is None:
+            return self._text.run({'input_ids': tokens, 'attention_mask': attention_mask(tokens)})
+        ids, mask = trim_padding(tokens, self._pad_token_id)
+        return self._text.run({'input_ids': ids, 'attention_mask': mask})
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         return self._image.run({IMAGE_INPUT: pixels})

@@ -1,14 +1,24 @@
-"""PyTorch runtime: an open_clip model behind a numpy-in, numpy-out interface."""
+"""PyTorch runtime: an open_clip model behind a numpy-in, numpy-out interface.
+
+`create_torch_model` is the runtime's entry point for every family of the registry: M-CLIP
+models are built by `mclip_model` (imported only for them, as it needs `transformers`).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from clip_server.model.registry import OPEN_CLIP, ModelSpec
+from clip_server.model.hf_text import hf_config_folder
+from clip_server.model.registry import MCLIP, OPEN_CLIP, ModelSpec
+from clip_server.model.weights import locate_weights
+
+if TYPE_CHECKING:
+    from clip_server.model.mclip_model import MCLIPModel
 
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
@@ -53,15 +63,28 @@ def create_open_clip_model(
     import open_clip
 
     if spec.family != OPEN_CLIP:
-        raise NotImplementedError(f'{spec.name} ({spec.family}) is not supported by this runtime yet')
+        raise ValueError(f'{spec.name} is an {spec.family} model, not an open_clip one')
     model = open_clip.create_model(
         spec.arch,
         pretrained=str(Path(weights)) if weights else None,
         precision=check_dtype(dtype),
         device=check_device(device),
         force_quick_gelu=quick_gelu_for(spec),
+        **_hf_text_overrides(spec.arch),
     )
     return model.eval()
+
+
+def _hf_text_overrides(arch: str) -> dict:
+    """For a `transformers` text tower: its config from our cache (open_clip would have
+    `transformers` fetch it into its own), and no base weights, as the checkpoint has them all."""
+    import open_clip
+
+    text_cfg = open_clip.get_model_config(arch)['text_cfg']
+    if 'hf_model_name' not in text_cfg:
+        return {}
+    local = str(hf_config_folder(text_cfg['hf_model_name']))
+    return {'text_cfg': {**text_cfg, 'hf_model_name': local, 'hf_model_pretrained': False}}
 
 
 class OpenCLIPModel:
@@ -97,3 +120,22 @@ class OpenCLIPModel:
     @staticmethod
     def _embed(encode, batch: torch.Tensor) -> np.ndarray:
         return encode(batch).float().cpu().numpy()
+
+
+def create_torch_model(
+    spec: ModelSpec,
+    model_path: str | os.PathLike | None = None,
+    *,
+    device: str = 'cpu',
+    dtype: str = 'fp32',
+    jit: bool = False,
+) -> OpenCLIPModel | MCLIPModel:
+    """The PyTorch model for `spec`, from `model_path` (a weights file; a folder for M-CLIP)
+    or its pretrained files."""
+    if spec.family != MCLIP:
+        return OpenCLIPModel(spec, locate_weights(spec, model_path), device=device, dtype=dtype, jit=jit)
+    from clip_server.model.mclip_model import MCLIPModel, locate_mclip
+
+    if jit:
+        raise ValueError(f'jit is not supported for {spec.name}: its transformers text tower cannot be scripted')
+    return MCLIPModel(spec, locate_mclip(spec, model_path), device=device, dtype=dtype)

@@ -9,13 +9,15 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 import warnings
+from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from clip_server.model.registry import ModelSpec
+from clip_server.model.registry import MCLIP, ModelSpec
 
 
 class InvalidInputError(ValueError):
@@ -75,9 +77,14 @@ def _upright(image: Image.Image) -> Image.Image:
 
 
 class Preprocessor:
-    """The model's own input pipeline: its tokenizer and its image transform."""
+    """The model's own input pipeline: its tokenizer and its image transform.
 
-    def __init__(self, spec: ModelSpec, context_length: int = 77):
+    CLIP's BPE tokenizer ships with open_clip; a `transformers` tokenizer (M-CLIP's, or
+    an open_clip HF-text-tower model's) comes from a `model_path` folder holding
+    tokenizer.json, else from the Hub through the cache.
+    """
+
+    def __init__(self, spec: ModelSpec, model_path: str | os.PathLike | None = None, context_length: int = 77):
         import open_clip
 
         cfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag) if spec.tag else {}
@@ -89,12 +96,33 @@ class Preprocessor:
             resize_mode=cfg.get('resize_mode'),
             interpolation=cfg.get('interpolation'),
         )
-        self._tokenizer = open_clip.get_tokenizer(spec.arch, context_length=context_length)
+        self._tokenizer = _tokenizer(spec, model_path, context_length)
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
         """int64 [N, 77] token ids; longer texts are cut, keeping the end-of-text token last."""
-        return self._tokenizer(texts).numpy()
+        tokens = self._tokenizer(texts)
+        return tokens if isinstance(tokens, np.ndarray) else tokens.numpy()
 
     def pixels(self, image: Image.Image) -> np.ndarray:
         """float32 [3, S, S]: RGB, short side resized, center-cropped, normalised."""
         return self._transform(image).numpy()
+
+
+def _tokenizer(spec: ModelSpec, model_path: str | os.PathLike | None, context_length: int):
+    import open_clip
+
+    from clip_server.model import hf_text
+
+    folder = model_path if model_path and Path(model_path).expanduser().is_dir() else None
+    if spec.family == MCLIP:
+        return hf_text.HFTokenizer(hf_text.tokenizer_folder(spec.name, folder), context_length)
+    text_cfg = open_clip.get_model_config(spec.arch)['text_cfg']
+    if not text_cfg.get('hf_tokenizer_name'):
+        return open_clip.get_tokenizer(spec.arch, context_length=context_length)
+    # open_clip's own wrapper (its text cleaning and options), loading from our cache, not by Hub name
+    return open_clip.tokenizer.HFTokenizer(
+        str(hf_text.tokenizer_folder(text_cfg['hf_tokenizer_name'], folder)),
+        context_length=context_length,
+        tokenizer_mode=text_cfg.get('tokenizer_mode'),
+        **text_cfg.get('tokenizer_kwargs', {}),
+    )

@@ -60,7 +60,9 @@ setup(
         'onnx': ONNX,
         # engines are compiled from the ONNX export; TensorRT 10's named-tensor API
         'tensorrt': ONNX + ['tensorrt>=10,<11'],
-        'transformers': ['transformers>=4.40'],
+        # 5.18 is the first to accept huggingface_hub 2.x (<=5.17 need <2, 4.x need <1); install it
+        # through this package so pydantic<2 holds (typer>=0.29, which transformers pulls, needs pydantic 2)
+        'transformers': ['transformers>=5.18,<6'],
         'test': [
             # the client users have; its HTTP path needs the jina pinned above
             'clip_client==0.8.3',

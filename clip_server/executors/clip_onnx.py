@@ -33,7 +33,7 @@ class CLIPEncoder(CLIPEncoderBase):
         intra_op_threads: int | None = None,
         **kwargs: Any,
     ):
-        super().__init__(**kwargs)
+        super().__init__(model_path=model_path, **kwargs)
         device = serving_device(device)
         dtype = check_dtype(dtype or default_dtype(device), device)
         self.model = ONNXModel(

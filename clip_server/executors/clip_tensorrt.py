@@ -28,7 +28,7 @@ class CLIPEncoder(CLIPEncoderBase):
         **kwargs: Any,
     ):
         require_tensorrt()  # before any download or export: fail fast where TensorRT cannot run
-        super().__init__(**kwargs)
+        super().__init__(model_path=model_path, **kwargs)
         if dtype not in ('fp16', 'fp32'):
             raise ValueError(f'dtype {dtype!r} is not one of fp16, fp32 for TensorRT')
         torch.cuda.set_device(torch.device(device))

@@ -50,6 +50,7 @@ class CLIPEncoderBase(Executor):
         minibatch_size: int = 32,
         access_paths: str = '@r',
         traversal_paths: str | None = None,
+        model_path: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -61,7 +62,8 @@ class CLIPEncoderBase(Executor):
             self.logger.warning('`traversal_paths` is deprecated; use `access_paths` instead')
             access_paths = traversal_paths
         self.spec: ModelSpec = resolve(name)
-        self.preprocessor = Preprocessor(self.spec)
+        # model_path is the runtime's; a folder of it may also hold the tokenizer (M-CLIP, HF text towers)
+        self.preprocessor = Preprocessor(self.spec, model_path)
         self.model: Any = None
         self._access_paths = access_paths
         self.minibatch_size = minibatch_size

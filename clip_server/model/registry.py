@@ -110,6 +110,11 @@ def _open_clip_pairs() -> dict[str, tuple[str, str]]:
     return {_key(f'{arch}::{tag}'): (arch, tag) for arch, tag in open_clip.list_pretrained()}
 
 
+def register(spec: ModelSpec) -> None:
+    """Make another model name servable, e.g. from a module listed in the Flow's `py_modules`."""
+    _BY_KEY[_key(spec.name)] = spec
+
+
 def known_names() -> list[str]:
     """Every name `resolve` accepts, table names first."""
     table = [spec.name for spec in MODELS] + list(ALIASES)

@@ -53,6 +53,6 @@ def test_bad_runtime_options_are_named():
             check_device('cuda')
 
 
-def test_mclip_is_refused_clearly(tiny_weights):
-    with pytest.raises(NotImplementedError, match='M-CLIP/XLM-Roberta-Large-Vit-B-32'):
+def test_mclip_is_not_an_open_clip_model(tiny_weights):
+    with pytest.raises(ValueError, match='M-CLIP/XLM-Roberta-Large-Vit-B-32 is an mclip model'):
         OpenCLIPModel(resolve('M-CLIP/XLM-Roberta-Large-Vit-B-32'), None)

@@ -72,3 +72,11 @@ def test_known_names_lists_table_first_without_duplicates():
     names = known_names()
     assert names[0] == MODELS[0].name
     assert len(names) == len(set(names))
+
+
+def test_register_makes_a_new_name_servable():
+    from clip_server.model.registry import ModelSpec, register
+
+    spec = ModelSpec('my-finetune::v1', 'tiny-vit', None, 32, 224)
+    register(spec)
+    assert resolve('My-Finetune::V1') == spec

@@ -1,0 +1,119 @@
+"""Hugging Face text towers: their files through our cache, their tokenizers, their padding.
+
+Two kinds of models use a `transformers` text tower: M-CLIP (see `mclip_model`) and open_clip's
+own HF-text-tower architectures (`roberta-ViT-B-32`, `xlm-roberta-*`). Their tokenizer and
+transformer config come from a Hub repo; they are fetched here with `fetch_hf_file`, so they
+land in the server's cache, honour HF_HUB_OFFLINE and fail with an error naming the file,
+instead of `transformers` reaching for its own cache and the network.
+
+Token ids travel as int64 [N, 77] rows padded on the right with the tokenizer's pad id, the
+same shape as CLIP's, so the request pipeline stays one for every model; `trim_padding`
+then cuts a minibatch to its longest real row before the transformer runs. Kept free of
+torch, and `transformers` is only imported when a tokenizer is built.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from huggingface_hub import try_to_load_from_cache
+
+from clip_server.model.weights import WeightsUnavailableError, cache_dir, fetch_hf_file
+
+CONTEXT_LENGTH = 77
+TOKENIZER_FILE = 'tokenizer.json'
+CONFIG_FILE = 'config.json'
+# Besides tokenizer.json (the whole fast tokenizer), what AutoTokenizer reads when a repo has it:
+# the special tokens' names and the tokenizer class, or else the model type in config.json.
+TOKENIZER_EXTRAS = ('tokenizer_config.json', 'special_tokens_map.json', CONFIG_FILE)
+
+
+def optional_hf_file(repo_id: str, filename: str) -> Path | None:
+    """`fetch_hf_file`, or None when the Hub says the repo has no such file.
+
+    The Hub's answer is remembered in the cache (a `.no_exist` marker), so this works
+    offline too; a file merely not cached yet still fails, as it must.
+    """
+    try:
+        return fetch_hf_file(repo_id, filename)
+    except WeightsUnavailableError:
+        cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir())
+        if cached is not None and not isinstance(cached, str):  # huggingface_hub's "known absent" marker
+            return None
+        raise
+
+
+def tokenizer_folder(repo_id: str, local: str | os.PathLike | None = None) -> Path:
+    """A folder AutoTokenizer can load offline: `local` if it holds tokenizer.json, else the
+    repo's cached snapshot, with the tokenizer files fetched into it first."""
+    if local is not None and (Path(local) / TOKENIZER_FILE).is_file():
+        return Path(local)
+    folder = fetch_hf_file(repo_id, TOKENIZER_FILE).parent
+    for filename in TOKENIZER_EXTRAS:
+        optional_hf_file(repo_id, filename)  # cached beside tokenizer.json: one snapshot per revision
+    return folder
+
+
+def hf_config_folder(repo_id: str) -> Path:
+    """The cached snapshot folder holding the repo's config.json (what AutoConfig reads)."""
+    return fetch_hf_file(repo_id, CONFIG_FILE).parent
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    return json.loads(Path(path).read_text(encoding='utf-8'))
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer giving int64 [N, 77] ids: cut at 77 tokens (specials kept),
+    right-padded with its pad id, which `trim_padding` takes off per minibatch."""
+
+    def __init__(self, folder: str | os.PathLike, context_length: int = CONTEXT_LENGTH):
+        from transformers import AutoTokenizer
+
+        with _quiet('transformers.configuration_utils'):
+            self._tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        if self._tokenizer.pad_token_id is None:
+            raise ValueError(f'the tokenizer in {folder} has no pad token, which batching needs')
+        self.pad_token_id: int = self._tokenizer.pad_token_id
+        self.context_length = context_length
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return self._tokenizer(
+            texts,
+            padding='max_length',
+            truncation=True,
+            max_length=self.context_length,
+            return_tensors='np',
+        )['input_ids'].astype(np.int64)
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """M-CLIP's config.json sits beside its tokenizer with a model type `transformers` does not
+    know; AutoTokenizer reads it and warns of errors that cannot happen for a tokenizer."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def trim_padding(tokens: np.ndarray, pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded rows cut to the longest real row of the batch, and their attention mask.
+
+    A row's real part runs up to its last non-pad id (so a literal pad token inside a text
+    stays real); running the transformer on exactly this is padding to the longest text.
+    """
+    real = tokens != pad_token_id
+    lengths = np.where(real.any(axis=1), tokens.shape[1] - np.argmax(real[:, ::-1], axis=1), 0)
+    width = max(int(lengths.max(initial=0)), 1)
+    mask = np.arange(width) < lengths[:, None]
+    return np.ascontiguousarray(tokens[:, :width]), mask.astype(np.int64)

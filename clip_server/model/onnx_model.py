@@ -49,6 +49,8 @@ def serving_device(device: str | None = None) -> str:
     """
     import torch  # a core dependency; only asked whether a GPU is there
 
+    if device is not None and device != 'cpu' and not device.startswith('cuda'):
+        raise ValueError(f'device {device!r} is not "cpu", "cuda" or "cuda:N"')
     has_provider = CUDA in ort.get_available_providers()
     if device is None:
         return 'cuda' if has_provider and torch.cuda.is_available() else 'cpu'

@@ -261,3 +261,11 @@ def test_replicas_starting_together_build_one_valid_export(tiny_weights, cache, 
     model = ONNXModel(folders.pop(), image_size=64)
     assert model.encode_image(inputs('tiny-rn', 1)[1]).shape == (1, 48)
     assert not list((cache / 'onnx' / 'tiny-rn').glob('*.partial-*'))
+
+
+def test_unknown_device_is_refused():
+    from clip_server.model.onnx_model import serving_device
+
+    with pytest.raises(ValueError, match="device 'gpu0'"):
+        serving_device('gpu0')
+    assert serving_device('cpu') == 'cpu'

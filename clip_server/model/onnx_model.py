@@ -155,6 +155,9 @@ class ONNXModel:
             raise ONNXModelError(f'ONNX model folder {str(folder)!r} does not exist or is not a folder')
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle ORT threads would otherwise spin, taking the cores that decode images and serve gRPC:
+        # measured through a server on 2 cores, texts/s went from 15.5 to 26.5 without spinning.
+        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         providers = providers_for(device)

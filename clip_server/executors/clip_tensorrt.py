@@ -8,6 +8,7 @@ import torch
 
 from clip_server.executors.encoder_base import CLIPEncoderBase
 from clip_server.model.onnx_export import onnx_model_dir
+from clip_server.model.registry import MCLIP
 from clip_server.model.tensorrt_model import TensorRTModel, cached_engines, require_tensorrt
 
 
@@ -29,6 +30,11 @@ class CLIPEncoder(CLIPEncoderBase):
     ):
         require_tensorrt()  # before any download or export: fail fast where TensorRT cannot run
         super().__init__(model_path=model_path, **kwargs)
+        if self.spec.family == MCLIP:
+            raise NotImplementedError(
+                f'{self.spec.name}: M-CLIP text towers take texts of any length, which these engines do not; '
+                'serve it with PyTorch or ONNX'
+            )
         if dtype not in ('fp16', 'fp32'):
             raise ValueError(f'dtype {dtype!r} is not one of fp16, fp32 for TensorRT')
         torch.cuda.set_device(torch.device(device))

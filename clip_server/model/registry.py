@@ -154,5 +154,5 @@ def resolve(name: str) -> ModelSpec:
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
     hint = f' Closest names: {", ".join(close)}.' if close else ''
     raise UnknownModelError(
-        f'Unknown model name {name!r}.{hint} The models table in the README lists every supported name.'
+        f'Unknown model name {name!r}.{hint} docs/models.md lists every supported name.'
     )

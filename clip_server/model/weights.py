@@ -54,11 +54,11 @@ class WeightsUnavailableError(RuntimeError):
 
 def _unavailable(source: str, looked_in: Path, reason: str) -> WeightsUnavailableError:
     return WeightsUnavailableError(
-        f'Cannot get the pretrained weights {source}: {reason}. '
+        f'Cannot get {source}: {reason}. '
         f'No valid copy was found in the cache at {looked_in}. '
-        'Restore network access (and unset HF_HUB_OFFLINE) to download them, or fetch the '
-        'file elsewhere and serve it from disk by setting the executor\'s `model_path` '
-        'parameter (under `uses: with:` in the Flow YAML) to its local path.'
+        'Restore network access (and unset HF_HUB_OFFLINE) to download it, copy a filled cache '
+        'folder from another machine, or set the executor\'s `model_path` (under `uses: with:` '
+        'in the Flow YAML) to a local copy.'
     )
 
 

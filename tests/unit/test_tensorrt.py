@@ -106,3 +106,11 @@ def test_engines_are_built_once_and_reused(tmp_path, monkeypatch, tiny_weights):
     built = engines.stat().st_mtime_ns
     CLIPEncoder(name='tiny-vit', model_path=str(tiny_weights['tiny-vit']), minibatch_size=4)
     assert engines.stat().st_mtime_ns == built
+
+
+@needs_gpu
+def test_mclip_is_refused_on_tensorrt():
+    from clip_server.executors.clip_tensorrt import CLIPEncoder
+
+    with pytest.raises(NotImplementedError, match='serve it with PyTorch or ONNX'):
+        CLIPEncoder(name='M-CLIP/XLM-Roberta-Large-Vit-B-32')

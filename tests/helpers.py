@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -164,3 +165,15 @@ def start_server(
     path = tmp_path / 'flow.yml'
     path.write_text(yaml_text)
     return Server(path, port, protocol, env=env).wait_ready(is_ready=is_ready)
+
+
+@contextlib.contextmanager
+def all_ready(servers: dict[str, Server]):
+    """Servers started together (their start-ups overlap): wait for each, stop them all at the end."""
+    try:
+        for server in servers.values():
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()

@@ -15,7 +15,7 @@ from docarray import Document, DocumentArray
 import tiny_hf
 from clip_server.model.openclip_model import create_torch_model
 from clip_server.model.preprocess import Preprocessor
-from helpers import TESTS, Server, encoded, flow_yaml, free_port, sample_image
+from helpers import TESTS, Server, all_ready, encoded, flow_yaml, free_port, sample_image
 
 SPEC = tiny_hf.TINY_MCLIP['xlm-roberta']
 TEXTS = ['a photo of a dog', 'ein Foto einer Katze auf der Wiese', 'word ' * 100]
@@ -47,13 +47,8 @@ def servers(published):
         (folder / 'flow.yml').write_text(yaml.replace(tiny_models, f'{tiny_models}\n          - {TESTS / "tiny_hf.py"}'))
         env = {'CLIP_SERVER_CACHE': str(published / 'cache'), 'PYTHONPATH': str(TESTS)}
         running[runtime] = Server(folder / 'flow.yml', port, env=env)
-    try:
-        for server in running.values():
-            server.wait_ready()
+    with all_ready(running):
         yield running
-    finally:
-        for server in running.values():
-            server.stop()
 
 
 @pytest.fixture(scope='module')

@@ -14,6 +14,7 @@ from clip_server.model.onnx_export import export_onnx
 from clip_server.model.registry import resolve
 from helpers import (
     Server,
+    all_ready,
     encoded,
     flow_yaml,
     free_port,
@@ -47,13 +48,8 @@ def servers(tiny_weights, tmp_path_factory):
         'weights': launch(root / 'a', weights, root / 'cache-a'),
         'folder': launch(root / 'b', {'name': 'tiny-rn', 'model_path': str(exported)}, root / 'cache-b'),
     }
-    try:
-        for server in running.values():
-            server.wait_ready()
+    with all_ready(running):
         yield running
-    finally:
-        for server in running.values():
-            server.stop()
 
 
 def encode_and_compare(server: Server, model) -> None:

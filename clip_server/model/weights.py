@@ -140,11 +140,14 @@ def fetch_open_clip_weights(
             candidates.insert(0, filename[:-4] + '.safetensors')
     try:
         return _fetch_hub(repo_id, candidates, None, _root(cache_root), retries)
-    except WeightsUnavailableError:
+    except WeightsUnavailableError as hub_error:
         if not url:
             raise
         logger.warning('The hub copy of %s/%s is unavailable; falling back to %s', arch, tag, url)
-        return fetch_url(url, cache_root=cache_root, retries=retries)
+        try:
+            return fetch_url(url, cache_root=cache_root, retries=retries)
+        except WeightsUnavailableError as url_error:  # say both sources failed, hub first
+            raise WeightsUnavailableError(f'{hub_error} Its other source failed too: {url_error}') from url_error
 
 
 # ----------------------------------------------------------------------------- hub files

@@ -405,6 +405,14 @@ def test_open_clip_weights_fall_back_to_the_url(hub, tmp_path, monkeypatch):
     assert fetch_open_clip_weights('RN50', 'x', cache_root=tmp_path) == tmp_path / f'rn50-{PAYLOAD_SHA[:8]}.pt'
 
 
+def test_when_hub_and_url_both_fail_the_error_names_both(tmp_path, offline):
+    with pytest.raises(WeightsUnavailableError) as info:
+        fetch_open_clip_weights('ViT-B-32', 'openai', cache_root=tmp_path)
+    message = str(info.value)
+    assert 'timm/vit_base_patch32_clip_224.openai/open_clip_model.safetensors' in message
+    assert 'Its other source failed too' in message and 'ViT-B-32.pt' in message
+
+
 def test_unknown_open_clip_tag_lists_the_known_ones(tmp_path):
     with pytest.raises(ValueError, match='laion2b_s34b_b79k'):
         fetch_open_clip_weights('ViT-B-32', 'no_such_tag', cache_root=tmp_path)

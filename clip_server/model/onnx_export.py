@@ -36,7 +36,7 @@ from clip_server.model.onnx_model import DTYPES, IMAGE_FILE, IMAGE_INPUT, PAD_TO
 from clip_server.model.openclip_model import create_open_clip_model
 from clip_server.model.preprocess import Preprocessor
 from clip_server.model.registry import MCLIP, ModelSpec, resolve
-from clip_server.model.weights import cache_dir, locate_weights
+from clip_server.model.weights import SHA256_NAME, cache_dir, locate_weights
 
 if TYPE_CHECKING:
     from clip_server.model.mclip_model import MCLIPFiles
@@ -210,8 +210,12 @@ def export_key(weights: Weights, dtype: str) -> str:
 
 
 def _file_identity(path: str | os.PathLike) -> tuple[str, int, int]:
+    """A hub blob is named by its sha256: that name alone identifies it, wherever the cache is
+    mounted (a Docker volume, a copied cache); any other file by its path, size and mtime."""
     resolved = Path(path).resolve()  # a hub snapshot link resolves to its content-named blob
     stat = resolved.stat()
+    if SHA256_NAME.fullmatch(resolved.name):
+        return resolved.name, stat.st_size, 0
     return str(resolved), stat.st_size, stat.st_mtime_ns
 
 

@@ -45,7 +45,7 @@ _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # open_clip release files end in '-<sha256 prefix>.pt' (the torch.hub convention).
 _SHA256_SEGMENT = re.compile(r'/([0-9a-f]{64})/')
 _SHA256_PREFIX_IN_NAME = re.compile(r'-([0-9a-f]{8,64})\.[^./-]+$')
-_SHA256_NAME = re.compile(r'[0-9a-f]{64}')
+SHA256_NAME = re.compile(r'[0-9a-f]{64}')
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -169,7 +169,7 @@ def _hub_blob_is_valid(path: str) -> bool:
     """An LFS blob is named by its sha256, so it can be checked; other blobs cannot."""
     blob = os.path.realpath(path)
     name = os.path.basename(blob)
-    return not _SHA256_NAME.fullmatch(name) or _sha256(blob) == name
+    return not SHA256_NAME.fullmatch(name) or _sha256(blob) == name
 
 
 def _discard_hub_file(path: str) -> None:

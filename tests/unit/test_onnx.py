@@ -269,3 +269,26 @@ def test_unknown_device_is_refused():
     with pytest.raises(ValueError, match="device 'gpu0'"):
         serving_device('gpu0')
     assert serving_device('cpu') == 'cpu'
+
+
+def test_export_key_of_a_hub_blob_survives_moving_the_cache(tmp_path):
+    """The same weights in a cache mounted elsewhere (a Docker volume) reuse the export."""
+    import hashlib
+
+    from clip_server.model.onnx_export import export_key
+
+    content = b'weights'
+    blob_name = hashlib.sha256(content).hexdigest()
+    keys = set()
+    for root in ('host', 'container'):
+        blob = tmp_path / root / 'blobs' / blob_name
+        blob.parent.mkdir(parents=True)
+        blob.write_bytes(content)
+        link = tmp_path / root / 'snapshots' / 'main' / 'open_clip_model.safetensors'
+        link.parent.mkdir(parents=True)
+        link.symlink_to(blob)
+        keys.add(export_key(link, 'fp32'))
+    assert len(keys) == 1
+    plain = tmp_path / 'mine.pt'
+    plain.write_bytes(content)
+    assert export_key(plain, 'fp32') not in keys

@@ -6,6 +6,7 @@ split documents by modality, preprocess in a worker pool while the model runs, e
 minibatches, rank, drop image content, and time each step for monitoring.
 """
 
+import inspect
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +41,10 @@ def minibatches(docs: list[Document], size: int) -> Iterator[list[Document]]:
         yield docs[start : start + size]
 
 
+# What jina itself passes to an executor's constructor.
+_JINA_PARAMETERS = set(inspect.signature(Executor.__init__).parameters) - {'self', 'kwargs'}
+
+
 class CLIPEncoderBase(Executor):
     """Encodes on every endpoint but `/rank`, which scores matches against their query."""
 
@@ -53,6 +58,7 @@ class CLIPEncoderBase(Executor):
         model_path: str | None = None,
         **kwargs: Any,
     ):
+        self._refuse_unknown_parameters(kwargs)
         super().__init__(**kwargs)
         if minibatch_size < 1:
             raise ValueError(f'minibatch_size must be at least 1, got {minibatch_size}')
@@ -70,6 +76,21 @@ class CLIPEncoderBase(Executor):
         self._pool = ThreadPoolExecutor(num_worker_preprocess, thread_name_prefix='clip-preprocess')
         for metric, documentation in METRICS.items():  # create once here, not racing in worker threads
             self.monitor(metric, documentation)
+
+    def _refuse_unknown_parameters(self, kwargs: dict) -> None:
+        """jina would hand a misspelt `with:` key (`minibatch_sise`) to Executor, which ignores it."""
+        unknown = sorted(set(kwargs) - _JINA_PARAMETERS)
+        if unknown:
+            known = sorted(
+                {
+                    name
+                    for cls in type(self).__mro__
+                    if cls is not Executor and '__init__' in vars(cls)
+                    for name, parameter in inspect.signature(cls.__init__).parameters.items()
+                    if name != 'self' and parameter.kind == parameter.POSITIONAL_OR_KEYWORD
+                }
+            )
+            raise TypeError(f'unknown parameter(s) {", ".join(unknown)} for CLIPEncoder; it takes {", ".join(known)}')
 
     def cpu_threads(self) -> int:
         """Threads for one replica's inference: OMP_NUM_THREADS, else the cores split between replicas."""

@@ -143,3 +143,9 @@ def test_cpu_threads_are_split_between_replicas(tiny_weights, monkeypatch, keep_
     assert CLIPEncoder(name='tiny-vit', model_path=weights, runtime_args={'replicas': 16}).cpu_threads() == 1
     monkeypatch.setenv('OMP_NUM_THREADS', '3')
     assert CLIPEncoder(name='tiny-vit', model_path=weights, runtime_args={'replicas': 2}).cpu_threads() == 3
+
+
+def test_misspelt_parameters_are_refused_with_the_right_names(tiny_weights):
+    with pytest.raises(TypeError, match='unknown parameter.s. minibatch_sise for CLIPEncoder') as error:
+        CLIPEncoder(name='tiny-vit', model_path=str(tiny_weights['tiny-vit']), minibatch_sise=8)
+    assert 'minibatch_size' in str(error.value) and 'jit' in str(error.value)

@@ -6,7 +6,10 @@ models are built by `mclip_model` (imported only for them, as it needs `transfor
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,15 +67,52 @@ def create_open_clip_model(
 
     if spec.family != OPEN_CLIP:
         raise ValueError(f'{spec.name} is an {spec.family} model, not an open_clip one')
-    model = open_clip.create_model(
-        spec.arch,
-        pretrained=str(Path(weights)) if weights else None,
-        precision=check_dtype(dtype),
-        device=check_device(device),
-        force_quick_gelu=quick_gelu_for(spec),
-        **_hf_text_overrides(spec.arch),
-    )
+    archive = weights is not None and is_torchscript_archive(weights)
+    with _quiet_about_random_init() if archive else contextlib.nullcontext():
+        model = open_clip.create_model(
+            spec.arch,
+            pretrained=str(Path(weights)) if weights and not archive else None,
+            precision=check_dtype(dtype),
+            device=check_device(device),
+            force_quick_gelu=quick_gelu_for(spec),
+            **_hf_text_overrides(spec.arch),
+        )
+    if archive:
+        model.load_state_dict(_archive_state_dict(weights, model), strict=True)
     return model.eval()
+
+
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """OpenAI's own `.pt` files are TorchScript archives, which `torch.load(weights_only=True)` refuses."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith('/constants.pkl') for name in archive.namelist())
+
+
+def _archive_state_dict(path: str | os.PathLike, model: torch.nn.Module) -> dict:
+    """The archive's weights, less the scalars OpenAI stored beside them and the buffers that
+    the model rebuilds itself (a scripted module saves even its non-persistent ones)."""
+    state = torch.jit.load(str(path), map_location='cpu').state_dict()
+    rebuilt = {name for name, _ in model.named_buffers()} - set(model.state_dict())
+    for name in rebuilt | {'input_resolution', 'context_length', 'vocab_size'}:
+        state.pop(name, None)
+    return state
+
+
+@contextlib.contextmanager
+def _quiet_about_random_init():
+    """open_clip warns that the model is random; the archive's weights are loaded right after."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith('No pretrained weights loaded')
+
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def _hf_text_overrides(arch: str) -> dict:

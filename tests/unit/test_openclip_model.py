@@ -56,3 +56,21 @@ def test_bad_runtime_options_are_named():
 def test_mclip_is_not_an_open_clip_model(tiny_weights):
     with pytest.raises(ValueError, match='M-CLIP/XLM-Roberta-Large-Vit-B-32 is an mclip model'):
         OpenCLIPModel(resolve('M-CLIP/XLM-Roberta-Large-Vit-B-32'), None)
+
+
+def test_openai_style_torchscript_archive_loads(tiny_weights, reference, tmp_path):
+    """OpenAI publishes TorchScript archives (with three extra scalars); they load like a state dict."""
+    import torch
+
+    from clip_server.model.openclip_model import create_open_clip_model, is_torchscript_archive
+
+    spec = resolve('tiny-vit')
+    scripted = torch.jit.script(create_open_clip_model(spec, tiny_weights['tiny-vit']))
+    scripted.input_resolution = 224  # as in OpenAI's archives
+    archive = tmp_path / 'ViT-tiny.pt'
+    torch.jit.save(scripted, str(archive))
+    assert is_torchscript_archive(archive) and not is_torchscript_archive(tiny_weights['tiny-vit'])
+
+    model = OpenCLIPModel(spec, archive)
+    tokens = Preprocessor(spec).tokenize(TEXTS)
+    np.testing.assert_allclose(model.encode_text(tokens), reference_text_embeddings(reference('tiny-vit'), TEXTS), atol=1e-5)

@@ -8,7 +8,7 @@ import torch
 
 from clip_server.executors.encoder_base import CLIPEncoderBase
 from clip_server.model.onnx_export import onnx_model_dir
-from clip_server.model.registry import MCLIP
+from clip_server.model.registry import DEFAULT_MODEL, MCLIP, resolve
 from clip_server.model.tensorrt_model import TensorRTModel, cached_engines, require_tensorrt
 
 
@@ -29,12 +29,13 @@ class CLIPEncoder(CLIPEncoderBase):
         **kwargs: Any,
     ):
         require_tensorrt()  # before any download or export: fail fast where TensorRT cannot run
-        super().__init__(model_path=model_path, **kwargs)
-        if self.spec.family == MCLIP:
+        name = kwargs.get('name', DEFAULT_MODEL)
+        if resolve(name).family == MCLIP:  # before the base class fetches its tokenizer
             raise NotImplementedError(
-                f'{self.spec.name}: M-CLIP text towers take texts of any length, which these engines do not; '
+                f'{name}: M-CLIP text towers take texts of any length, which these engines do not; '
                 'serve it with PyTorch or ONNX'
             )
+        super().__init__(model_path=model_path, **kwargs)
         if dtype not in ('fp16', 'fp32'):
             raise ValueError(f'dtype {dtype!r} is not one of fp16, fp32 for TensorRT')
         torch.cuda.set_device(torch.device(device))

@@ -74,7 +74,9 @@ def _as_uint8(array: np.ndarray) -> np.ndarray:
 
 
 def drop_image_content(docs: list[Document]) -> None:
-    """Spare the response the image bytes/pixels the client already has."""
+    """Spare the response the image bytes, pixels and image data URIs the client already has."""
     for doc in docs:
         doc.blob = None
         doc.tensor = None
+        if doc.uri.startswith('data:') and not doc.uri.startswith('data:text/'):
+            doc.uri = ''

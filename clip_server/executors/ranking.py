@@ -27,11 +27,12 @@ def rank_matches(query: Document) -> None:
     matches = query.matches
     if not len(matches):
         return
-    cosine = cosine_similarity(query.embedding, np.stack([m.embedding for m in matches]))
+    embeddings = np.stack([m.embedding for m in matches]).astype(np.float64)
+    cosine = cosine_similarity(np.asarray(query.embedding, dtype=np.float64), embeddings)
     probability = softmax(LOGIT_SCALE * cosine)
     for match, prob, cos in zip(matches, probability, cosine):
         match.scores['clip_score'] = NamedScore(value=float(prob), op_name='softmax', ref_id=query.id)
         match.scores['clip_score_cosine'] = NamedScore(value=float(cos), op_name='cosine', ref_id=query.id)
         match.embedding = None
-    order = np.argsort(-probability, kind='stable')
+    order = np.argsort(-cosine, kind='stable')  # the same order, even where probabilities underflow to 0
     query.matches = [matches[int(i)] for i in order]

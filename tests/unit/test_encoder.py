@@ -53,7 +53,7 @@ def test_mixed_request_equals_open_clip_and_keeps_ids_and_order(encoder, referen
 def test_drop_image_content(encoder):
     docs, _ = mixed_docs()
     encoder.encode(docs, {'drop_image_content': True})
-    assert docs['png'].blob == b'' and docs['tensor'].tensor is None
+    assert docs['png'].blob == b'' and docs['tensor'].tensor is None and docs['uri'].uri == ''
     assert docs['t0'].text == 'a dog' and docs['png'].embedding is not None
 
 

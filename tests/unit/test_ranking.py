@@ -40,3 +40,12 @@ def test_query_without_matches_is_left_alone():
     query = Document(embedding=np.ones(3))
     rank_matches(query)
     assert len(query.matches) == 0
+
+
+def test_order_follows_cosine_even_where_probabilities_underflow():
+    query = Document(embedding=np.array([1.0, 0.0], dtype=np.float32))
+    angles = {'best': 0.0, 'second': 1.0, 'far': 2.5, 'farthest': 3.0}  # cosines 1, 0.54, -0.80, -0.99
+    query.matches = [Document(id=name, embedding=np.array([np.cos(a), np.sin(a)], dtype=np.float32))
+                     for name, a in [('farthest', 3.0), ('best', 0.0), ('far', 2.5), ('second', 1.0)]]
+    rank_matches(query)
+    assert [m.id for m in query.matches] == sorted(angles, key=angles.get)

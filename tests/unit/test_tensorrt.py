@@ -108,9 +108,10 @@ def test_engines_are_built_once_and_reused(tmp_path, monkeypatch, tiny_weights):
     assert engines.stat().st_mtime_ns == built
 
 
-@needs_gpu
-def test_mclip_is_refused_on_tensorrt():
-    from clip_server.executors.clip_tensorrt import CLIPEncoder
+def test_mclip_is_refused_before_anything_is_fetched(monkeypatch):
+    """Even where TensorRT runs (its check passes here by fiat), M-CLIP is refused first, offline."""
+    from clip_server.executors import clip_tensorrt
 
+    monkeypatch.setattr(clip_tensorrt, 'require_tensorrt', lambda: None)
     with pytest.raises(NotImplementedError, match='serve it with PyTorch or ONNX'):
-        CLIPEncoder(name='M-CLIP/XLM-Roberta-Large-Vit-B-32')
+        clip_tensorrt.CLIPEncoder(name='M-CLIP/XLM-Roberta-Large-Vit-B-32')

@@ -10,7 +10,6 @@ import base64
 import binascii
 import io
 import os
-import warnings
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
@@ -37,19 +36,27 @@ def bytes_from_data_uri(uri: str) -> bytes:
     return unquote_to_bytes(payload)
 
 
+# Formats decoded in-process by Pillow; others (EPS would run Ghostscript on client bytes) are refused.
+IMAGE_FORMATS = ('JPEG', 'PNG', 'WEBP', 'GIF', 'BMP', 'TIFF')  # JPEG covers cameras' MPO files
+
+
 def image_from_bytes(data: bytes) -> Image.Image:
     """Decode an encoded image file (JPEG, PNG, WebP, GIF, BMP, TIFF...), upright per its EXIF."""
     if not data:
         raise InvalidInputError('image content is empty (0 bytes)')
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('error', Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        if image.width * image.height > Image.MAX_IMAGE_PIXELS:  # checked before the pixels are decoded
+            raise Image.DecompressionBombError(
+                f'{image.width}x{image.height} pixels is more than the limit of {Image.MAX_IMAGE_PIXELS}'
+            )
+        image.load()
+    except Image.DecompressionBombError as exc:
         raise InvalidInputError(f'image is too large to decode safely: {exc}') from exc
     except UnidentifiedImageError as exc:
-        raise InvalidInputError(f'cannot decode image ({len(data)} bytes): not a known image format') from exc
+        raise InvalidInputError(
+            f'cannot decode image ({len(data)} bytes): not one of the accepted formats ({", ".join(IMAGE_FORMATS)})'
+        ) from exc
     except Exception as exc:
         raise InvalidInputError(f'cannot decode image ({len(data)} bytes): {exc}') from exc
     return _upright(image)

@@ -152,7 +152,7 @@ def test_bad_image_fails_that_request_and_the_next_is_served(server, protocol, r
 def test_raw_http_error_names_the_document(server):
     payload = {'execEndpoint': '/', 'data': [{'id': 'broken', 'blob': base64.b64encode(b'junk').decode()}]}
     body = requests.post(f'http://127.0.0.1:{server.ports["http"]}/post', json=payload, timeout=60).json()
-    assert 'document broken: cannot decode image (4 bytes): not a known image format' in body['header']['status']['description']
+    assert 'document broken: cannot decode image (4 bytes): not one of the accepted formats' in body['header']['status']['description']
 
 
 def test_executor_exports_its_timings(server):

@@ -109,3 +109,27 @@ def test_arrays():
         image_from_array(np.zeros((5, 4, 3)))
     with pytest.raises(InvalidInputError, match='shape'):
         image_from_array(np.zeros((5, 4, 7), np.uint8))
+
+
+def test_formats_outside_the_list_are_refused():
+    eps = b'%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n'
+    with pytest.raises(InvalidInputError, match='not one of the accepted formats'):
+        image_from_bytes(eps)
+
+
+def test_size_limit_holds_from_many_threads(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 5000)
+    small, large = encoded(sample_image(size=(50, 50))), encoded(sample_image(size=(100, 100)))
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(_decode_outcome, [small, large] * 20))
+    assert outcomes == ['ok', 'too large'] * 20
+
+
+def _decode_outcome(data: bytes) -> str:
+    try:
+        image_from_bytes(data)
+        return 'ok'
+    except InvalidInputError as error:
+        return 'too large' if 'too large' in str(error) else str(error)

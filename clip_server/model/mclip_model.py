@@ -73,9 +73,10 @@ def locate_mclip(spec: ModelSpec, model_path: str | os.PathLike | None = None) -
     config = local(CONFIG_FILE) or fetch_hf_file(spec.name, CONFIG_FILE)
     weights = local(*TEXT_WEIGHTS) or fetch_hf_file(spec.name, TEXT_WEIGHTS[-1])
     base = read_json(config)['modelBase']
-    base_folder = (folder or Path.cwd()) / Path(base).expanduser()
-    if not (base_folder / CONFIG_FILE).is_file():
-        base_folder = hf_config_folder(base)
+    local_base = Path(base).expanduser()
+    if not local_base.is_absolute():  # relative: beside the checkpoint's files, never the working directory
+        local_base = folder / local_base if folder else None
+    base_folder = local_base if local_base and (local_base / CONFIG_FILE).is_file() else hf_config_folder(base)
     return MCLIPFiles(config, weights, base_folder / CONFIG_FILE, local(*IMAGE_WEIGHTS) or _image_weights(spec))
 
 

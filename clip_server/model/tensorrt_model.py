@@ -100,8 +100,8 @@ def profile_shapes(shape: tuple[int, ...], max_batch: int) -> tuple[tuple[int, .
     return (1, *rest), (max_batch, *rest), (max_batch, *rest)
 
 
-def workspace_bytes(device: int = 0) -> int:
-    free, _ = torch.cuda.mem_get_info(device)
+def workspace_bytes() -> int:
+    free, _ = torch.cuda.mem_get_info(torch.cuda.current_device())
     return int(min(WORKSPACE_CAP, free * WORKSPACE_SHARE))
 
 
@@ -149,6 +149,9 @@ def _keep_sensitive_layers_in_fp32(network, trt) -> None:
                 layer.set_output_type(output, trt.float32)
 
 
+_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}
+
+
 class _Engine:
     """One deserialized engine and its execution context."""
 
@@ -184,7 +187,7 @@ class _Engine:
                 self._context.set_input_shape(name, tuple(array.shape))
                 self._context.set_tensor_address(name, held[-1].data_ptr())
             shape = tuple(self._context.get_tensor_shape(self._output))
-            output = torch.from_numpy(np.empty(shape, self._numpy_dtype(self._output))).to(self._device)
+            output = torch.empty(shape, dtype=_TORCH_DTYPES[self._numpy_dtype(self._output)], device=self._device)
             self._context.set_tensor_address(self._output, output.data_ptr())
             if not self._context.execute_async_v3(self._stream.cuda_stream):
                 raise RuntimeError('TensorRT execution failed; see the TensorRT log')

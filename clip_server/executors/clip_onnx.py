@@ -8,6 +8,7 @@ from clip_server.executors.encoder_base import CLIPEncoderBase
 from clip_server.model.onnx_export import onnx_model_dir
 from clip_server.model.onnx_model import ONNXModel, check_dtype, serving_device
 from clip_server.model.openclip_model import default_dtype
+from clip_server.model.registry import MCLIP
 
 
 class CLIPEncoder(CLIPEncoderBase):
@@ -41,6 +42,7 @@ class CLIPEncoder(CLIPEncoderBase):
             device=device,
             intra_op_threads=intra_op_threads or self.cpu_threads(),
             image_size=self.spec.image_size,
+            pad_token_id=self.preprocessor.pad_token_id if self.spec.family == MCLIP else None,
         )
         self.logger.info(
             f'{self.spec.name} ready on {", ".join(self.model.providers)}, {self.spec.dim}-d embeddings'

@@ -149,7 +149,10 @@ class ONNXModel:
         device: str = 'cpu',
         intra_op_threads: int | None = None,
         image_size: int | None = None,
+        pad_token_id: int | None = None,
     ):
+        """`pad_token_id`: the serving tokenizer's, for text graphs that mask by it (M-CLIP); it
+        overrides the graph's own metadata, which folders made elsewhere may lack."""
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise ONNXModelError(f'ONNX model folder {str(folder)!r} does not exist or is not a folder')
@@ -167,7 +170,7 @@ class ONNXModel:
         if providers[0] != CPU and CUDA not in self.providers:
             _warn_no_cuda(f'{CUDA} did not load (see onnxruntime\'s messages above)')
         pad = self._text.session.get_modelmeta().custom_metadata_map.get(PAD_TOKEN_ID)
-        self._pad_token_id = int(pad) if pad is not None else None
+        self._pad_token_id = pad_token_id if pad_token_id is not None else int(pad) if pad is not None else None
         spatial = self._image.shapes[IMAGE_INPUT][2:]
         if image_size and all(isinstance(side, int) for side in spatial) and spatial != [image_size] * 2:
             raise ONNXModelError(

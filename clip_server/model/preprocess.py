@@ -105,6 +105,11 @@ class Preprocessor:
         )
         self._tokenizer = _tokenizer(spec, model_path, context_length)
 
+    @property
+    def pad_token_id(self) -> int | None:
+        """The padding id of a `transformers` tokenizer that pads with something other than CLIP's 0."""
+        return getattr(self._tokenizer, 'pad_token_id', None)
+
     def tokenize(self, texts: list[str]) -> np.ndarray:
         """int64 [N, 77] token ids; longer texts are cut, keeping the end-of-text token last."""
         tokens = self._tokenizer(texts)

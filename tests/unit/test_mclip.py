@@ -129,6 +129,23 @@ def test_onnx_equals_torch_with_a_dynamic_sequence(kind, models, hub, tmp_path):
     np.testing.assert_allclose(onnx_model.encode_image(pixels), model.encode_image(pixels), atol=TOLERANCE)
 
 
+def test_a_folder_made_elsewhere_masks_by_the_serving_tokenizer(models, hub, tmp_path):
+    """Without our pad-id metadata in the graph, the tokenizer's pad id still gives the right mask."""
+    preprocessor, model = models['xlm-roberta']
+    spec = tiny_hf.TINY_MCLIP['xlm-roberta']
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('CLIP_SERVER_CACHE', str(hub['cache']))
+        folder = export_onnx(spec, locate_mclip(spec, hub['image']), tmp_path / 'onnx')
+    graph = onnx.load(str(folder / 'textual.onnx'))
+    del graph.metadata_props[:]
+    onnx.save(graph, str(folder / 'textual.onnx'))
+    tokens = preprocessor.tokenize(TEXTS[:2])  # padded: the mask matters
+    served = ONNXModel(folder, intra_op_threads=1, pad_token_id=preprocessor.pad_token_id).encode_text(tokens)
+    np.testing.assert_allclose(served, model.encode_text(tokens), atol=TOLERANCE)
+    unmasked = ONNXModel(folder, intra_op_threads=1).encode_text(tokens)  # CLIP's rule: wrong here
+    assert np.abs(unmasked - served).max() > 1e-3
+
+
 def test_a_local_folder_serves_with_no_hub_at_all(hub, models, tmp_path, monkeypatch):
     """model_path: the checkpoint's files, the image weights and modelBase as a folder beside them."""
     monkeypatch.setenv('CLIP_SERVER_CACHE', str(tmp_path / 'empty-cache'))

@@ -1,11 +1,13 @@
 """The CLIPEncoder's document semantics, called in-process (the served path is in tests/e2e)."""
 
 import base64
+import io
 
 import numpy as np
 import pytest
 import torch
 from docarray import Document, DocumentArray
+from PIL import Image
 
 from clip_server.executors.clip_torch import CLIPEncoder
 from clip_server.model.preprocess import InvalidInputError
@@ -32,7 +34,7 @@ def mixed_docs():
             Document(id='t2', text='word ' * 300),
         ]
     )
-    decoded_jpeg = __import__('PIL.Image', fromlist=['Image']).open(__import__('io').BytesIO(docs['jpg'].blob))
+    decoded_jpeg = Image.open(io.BytesIO(docs['jpg'].blob))
     return docs, [images[0], decoded_jpeg, images[2], images[3]]
 
 

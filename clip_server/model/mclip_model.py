@@ -31,7 +31,13 @@ import torch
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
 from clip_server.model.hf_text import CONFIG_FILE, hf_config_folder, read_json, trim_padding
-from clip_server.model.openclip_model import DTYPES, check_device, check_dtype, create_open_clip_model
+from clip_server.model.openclip_model import (
+    DTYPES,
+    check_device,
+    check_dtype,
+    create_open_clip_model,
+    rebuilt_buffers,
+)
 from clip_server.model.registry import OPEN_CLIP, ModelSpec
 from clip_server.model.weights import WeightsUnavailableError, fetch_hf_file, fetch_open_clip_weights
 
@@ -135,8 +141,7 @@ def _checkpoint(path: Path, tower: torch.nn.Module) -> dict[str, torch.Tensor]:
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location='cpu', weights_only=True)
-    saved = set(tower.state_dict())
-    recomputed = {name for name, _ in tower.named_buffers()} - saved
+    recomputed = rebuilt_buffers(tower)
     return {
         key: value
         for key, value in state.items()

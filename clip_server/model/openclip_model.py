@@ -94,10 +94,15 @@ def _archive_state_dict(path: str | os.PathLike, model: torch.nn.Module) -> dict
     """The archive's weights, less the scalars OpenAI stored beside them and the buffers that
     the model rebuilds itself (a scripted module saves even its non-persistent ones)."""
     state = torch.jit.load(str(path), map_location='cpu').state_dict()
-    rebuilt = {name for name, _ in model.named_buffers()} - set(model.state_dict())
-    for name in rebuilt | {'input_resolution', 'context_length', 'vocab_size'}:
+    for name in rebuilt_buffers(model) | {'input_resolution', 'context_length', 'vocab_size'}:
         state.pop(name, None)
     return state
+
+
+def rebuilt_buffers(module: torch.nn.Module) -> set[str]:
+    """Buffers the module computes itself (non-persistent): a checkpoint may still carry them,
+    and a strict load would refuse them."""
+    return {name for name, _ in module.named_buffers()} - set(module.state_dict())
 
 
 @contextlib.contextmanager

@@ -17,6 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clip_server.model.factory import EncoderOptions, build_encoder
+from clip_server.model.registry import ModelSpec
+from clip_server.types import Runtime
+
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / 'tests'
 
@@ -31,6 +35,11 @@ def reference_image_embeddings(reference_model, images: list[Image.Image]) -> np
     model, transform, _ = reference_model
     with torch.no_grad():
         return model.encode_image(torch.stack([transform(image) for image in images])).numpy()
+
+
+def torch_encoder(spec: ModelSpec, weights, **options):
+    """The PyTorch runtime's encoder of `spec` with `weights`, built as the executor builds it."""
+    return build_encoder(spec, Runtime.TORCH, EncoderOptions(model_path=weights, **options))
 
 
 def sample_image(seed: int = 0, size: tuple[int, int] = (97, 61), mode: str = 'RGB') -> Image.Image:

@@ -5,10 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from clip_server.executors.encoder_base import CLIPEncoderBase
-from clip_server.model.onnx_export import onnx_model_dir
-from clip_server.model.onnx_model import ONNXModel, check_dtype, serving_device
-from clip_server.model.openclip_model import default_dtype
-from clip_server.model.registry import MCLIP
+from clip_server.types import Runtime
 
 
 class CLIPEncoder(CLIPEncoderBase):
@@ -26,24 +23,14 @@ class CLIPEncoder(CLIPEncoderBase):
     `intra_op_threads` defaults to this replica's share of the CPU cores.
     """
 
+    runtime = Runtime.ONNX
+
     def __init__(
         self,
         device: str | None = None,
         dtype: str | None = None,
-        model_path: str | None = None,
         intra_op_threads: int | None = None,
         **kwargs: Any,
     ):
-        super().__init__(model_path=model_path, **kwargs)
-        device = serving_device(device)
-        dtype = check_dtype(dtype or default_dtype(device), device)
-        self.model = ONNXModel(
-            onnx_model_dir(self.spec, model_path, dtype=dtype),
-            device=device,
-            intra_op_threads=intra_op_threads or self.cpu_threads(),
-            image_size=self.spec.image_size,
-            pad_token_id=self.preprocessor.pad_token_id if self.spec.family == MCLIP else None,
-        )
-        self.logger.info(
-            f'{self.spec.name} ready on {", ".join(self.model.providers)}, {self.spec.dim}-d embeddings'
-        )
+        super().__init__(**kwargs)
+        self.build_model(device=device, dtype=dtype, threads=intra_op_threads)

@@ -8,12 +8,8 @@ import numpy as np
 from docarray import Document, DocumentArray
 from PIL import Image
 
-from clip_server.model.preprocess import (
-    InvalidInputError,
-    bytes_from_data_uri,
-    image_from_array,
-    image_from_bytes,
-)
+from clip_server.executors.content import bytes_from_data_uri, image_from_array, image_from_bytes
+from clip_server.types import InvalidInputError
 
 
 class Modality(enum.Enum):

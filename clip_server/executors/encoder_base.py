@@ -1,7 +1,7 @@
 """Request handling shared by every runtime's CLIPEncoder.
 
-A runtime's executor only builds `self.model` (anything with `encode_text(tokens)` and
-`encode_image(pixels)` returning float32 numpy); everything a request does lives here:
+A runtime's executor names its `runtime` and passes its own parameters to `build_model`;
+everything else lives here: the model name and the factory calls, then what a request does:
 split documents by modality, preprocess in a worker pool while the model runs, encode in
 minibatches, rank, drop image content, and time each step for monitoring.
 """
@@ -11,7 +11,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from docarray import Document, DocumentArray
@@ -25,8 +25,12 @@ from clip_server.executors.documents import (
     text_of,
 )
 from clip_server.executors.ranking import rank_matches
-from clip_server.model.preprocess import InvalidInputError, Preprocessor
+from clip_server.model import factory
+from clip_server.model.encoder import Encoder
+from clip_server.model.factory import EncoderOptions
+from clip_server.model.preprocess import Preprocessor
 from clip_server.model.registry import DEFAULT_MODEL, ModelSpec, resolve
+from clip_server.types import InvalidInputError, Runtime
 
 METRICS = {
     'preprocess_texts_seconds': 'Seconds spent tokenizing one text',
@@ -48,6 +52,9 @@ _JINA_PARAMETERS = set(inspect.signature(Executor.__init__).parameters) - {'self
 class CLIPEncoderBase(Executor):
     """Encodes on every endpoint but `/rank`, which scores matches against their query."""
 
+    runtime: ClassVar[Runtime]
+    model: Encoder
+
     def __init__(
         self,
         name: str = DEFAULT_MODEL,
@@ -68,9 +75,10 @@ class CLIPEncoderBase(Executor):
             self.logger.warning('`traversal_paths` is deprecated; use `access_paths` instead')
             access_paths = traversal_paths
         self.spec: ModelSpec = resolve(name)
-        # model_path is the runtime's; a folder of it may also hold the tokenizer (M-CLIP, HF text towers)
-        self.preprocessor = Preprocessor(self.spec, model_path)
-        self.model: Any = None
+        factory.check_supported(self.spec, self.runtime)  # before the tokenizer or weights are fetched
+        # a model_path folder may also hold the tokenizer (M-CLIP, HF text towers)
+        self.preprocessor: Preprocessor = factory.preprocessor(self.spec, model_path)
+        self._model_path = model_path
         self._access_paths = access_paths
         self.minibatch_size = minibatch_size
         self._pool = ThreadPoolExecutor(num_worker_preprocess, thread_name_prefix='clip-preprocess')
@@ -91,6 +99,19 @@ class CLIPEncoderBase(Executor):
                 }
             )
             raise TypeError(f'unknown parameter(s) {", ".join(unknown)} for CLIPEncoder; it takes {", ".join(known)}')
+
+    def build_model(self, threads: int | None = None, **runtime_options: Any) -> None:
+        """Load the model on this executor's runtime: one factory call."""
+        options = EncoderOptions(
+            model_path=self._model_path,
+            threads=threads or self.cpu_threads(),
+            max_batch=self.minibatch_size,
+            **runtime_options,
+        )
+        self.model = factory.build_encoder(self.spec, self.runtime, options, self.preprocessor)
+        self.logger.info(
+            f'{self.spec.name} ready on {self.runtime.label}, {self.model.description}, {self.spec.dim}-d embeddings'
+        )
 
     def cpu_threads(self) -> int:
         """Threads for one replica's inference: OMP_NUM_THREADS, else the cores split between replicas."""

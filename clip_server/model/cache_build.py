@@ -7,6 +7,8 @@ complete; the others wait on the lock and then use the finished folder.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import shutil
@@ -17,6 +19,11 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 logger = logging.getLogger(__name__)
+
+
+def digest(identity: dict) -> str:
+    """A short, stable name for everything a cached artefact depends on (a JSON-able dict)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def folder_name(model_name: str) -> str:

@@ -9,16 +9,17 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-OPEN_CLIP = 'open_clip'
-MCLIP = 'mclip'
+from clip_server.types import Family, UnknownModelError
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """One servable model.
 
-    `arch`/`tag` name the open_clip architecture and pretrained tag; for M-CLIP they
-    name the image tower the multilingual text tower was trained against.
+    `name` is canonical (the table's spelling, or open_clip's `arch::tag`), so caches keyed
+    by it hold one copy whatever spelling a user chose. `arch`/`tag` name the open_clip
+    architecture and pretrained tag; for M-CLIP they name the image tower the multilingual
+    text tower was trained against.
     """
 
     name: str
@@ -26,20 +27,16 @@ class ModelSpec:
     tag: str | None
     dim: int
     image_size: int
-    family: str = OPEN_CLIP
+    family: Family = Family.OPEN_CLIP
 
 
-class UnknownModelError(ValueError):
-    """The requested model name is neither in the table nor known to open_clip."""
-
-
-def _row(name: str, dim: int, image_size: int) -> ModelSpec:
+def _row(name: str, dim: int, image_size: int, family: Family = Family.OPEN_CLIP) -> ModelSpec:
     arch, tag = name.split('::')
-    return ModelSpec(name, arch, tag.replace('-', '_'), dim, image_size)
+    return ModelSpec(name, arch, tag.replace('-', '_'), dim, image_size, family)
 
 
 def _mclip(name: str, arch: str, tag: str, dim: int, image_size: int) -> ModelSpec:
-    return ModelSpec(name, arch, tag, dim, image_size, family=MCLIP)
+    return ModelSpec(name, arch, tag, dim, image_size, family=Family.MCLIP)
 
 
 # The models of the documented table, with their output dimension and input image size.
@@ -69,9 +66,9 @@ MODELS: tuple[ModelSpec, ...] = (
     _row('ViT-L-14-336::openai', 768, 336),
     _row('ViT-H-14::laion2b-s32b-b79k', 1024, 224),
     _row('ViT-g-14::laion2b-s12b-b42k', 1024, 224),
-    _row('roberta-ViT-B-32::laion2b-s12b-b32k', 512, 224),
-    _row('xlm-roberta-base-ViT-B-32::laion5b-s13b-b90k', 512, 224),
-    _row('xlm-roberta-large-ViT-H-14::frozen_laion5b_s13b_b90k', 1024, 224),
+    _row('roberta-ViT-B-32::laion2b-s12b-b32k', 512, 224, Family.HF_TEXT),
+    _row('xlm-roberta-base-ViT-B-32::laion5b-s13b-b90k', 512, 224, Family.HF_TEXT),
+    _row('xlm-roberta-large-ViT-H-14::frozen_laion5b_s13b_b90k', 1024, 224, Family.HF_TEXT),
     _mclip('M-CLIP/XLM-Roberta-Large-Vit-B-32', 'ViT-B-32', 'openai', 512, 224),
     _mclip('M-CLIP/XLM-Roberta-Large-Vit-L-14', 'ViT-L-14', 'openai', 768, 224),
     _mclip('M-CLIP/XLM-Roberta-Large-Vit-B-16Plus', 'ViT-B-16-plus-240', 'laion400m_e31', 640, 240),
@@ -101,6 +98,7 @@ def _key(name: str) -> str:
 
 
 _BY_KEY = {_key(spec.name): spec for spec in MODELS}
+_TABLE_KEYS = frozenset(_BY_KEY)
 _ALIAS_BY_KEY = {_key(alias): target for alias, target in ALIASES.items()}
 
 
@@ -115,9 +113,16 @@ def register(spec: ModelSpec) -> None:
     _BY_KEY[_key(spec.name)] = spec
 
 
+def unregister(name: str) -> None:
+    """Forget a name added with `register` (the table's own names stay)."""
+    key = _key(name)
+    if key not in _TABLE_KEYS:
+        _BY_KEY.pop(key, None)
+
+
 def known_names() -> list[str]:
-    """Every name `resolve` accepts, table names first."""
-    table = [spec.name for spec in MODELS] + list(ALIASES)
+    """Every name `resolve` accepts: the table's, then registered ones, aliases, open_clip's."""
+    table = [spec.name for spec in _BY_KEY.values()] + list(ALIASES)
     extra = sorted(f'{arch}::{tag}' for arch, tag in _open_clip_pairs().values())
     return table + [name for name in extra if _key(name) not in _BY_KEY]
 
@@ -128,14 +133,17 @@ def _open_clip_archs() -> dict[str, str]:
     return {arch.lower(): arch for arch in open_clip.list_models()}
 
 
-def _from_open_clip(name: str, arch: str, tag: str | None) -> ModelSpec:
+def _from_open_clip(arch: str, tag: str | None) -> ModelSpec:
+    """A spec from open_clip's config, named as open_clip spells it."""
     import open_clip
 
     config = open_clip.get_model_config(arch)
     image_size = config['vision_cfg']['image_size']
     if isinstance(image_size, (tuple, list)):
         image_size = image_size[0]
-    return ModelSpec(name, arch, tag, config['embed_dim'], image_size)
+    family = Family.HF_TEXT if config['text_cfg'].get('hf_model_name') else Family.OPEN_CLIP
+    name = f'{arch}::{tag}' if tag else arch
+    return ModelSpec(name, arch, tag, config['embed_dim'], image_size, family)
 
 
 def resolve(name: str) -> ModelSpec:
@@ -146,10 +154,10 @@ def resolve(name: str) -> ModelSpec:
         return _BY_KEY[key]
     pair = _open_clip_pairs().get(key)
     if pair:
-        return _from_open_clip(name, *pair)
+        return _from_open_clip(*pair)
     arch = _open_clip_archs().get(key)
     if arch:  # an architecture without pretrained tag: serves the weights given as `model_path`
-        return _from_open_clip(name, arch, None)
+        return _from_open_clip(arch, None)
     candidates = known_names()
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
     hint = f' Closest names: {", ".join(close)}.' if close else ''

@@ -32,6 +32,7 @@ from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError
 from tqdm.auto import tqdm
 
 from clip_server.model.registry import ModelSpec
+from clip_server.types import WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +47,6 @@ _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _SHA256_SEGMENT = re.compile(r'/([0-9a-f]{64})/')
 _SHA256_PREFIX_IN_NAME = re.compile(r'-([0-9a-f]{8,64})\.[^./-]+$')
 SHA256_NAME = re.compile(r'[0-9a-f]{64}')
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are neither validly cached nor obtainable from their source."""
 
 
 def _unavailable(source: str, looked_in: Path, reason: str) -> WeightsUnavailableError:

@@ -1,6 +1,7 @@
 """ONNX runtime: exports equal the PyTorch runtime, follow the I/O contract, are made once, fail clearly."""
 
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -12,13 +13,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from clip_server.model import onnx_export
-from clip_server.model.onnx_export import cached_export, export_onnx, main, onnx_model_dir
-from clip_server.model.onnx_model import ONNXModel, ONNXModelError, attention_mask, check_dtype
-from clip_server.model.openclip_model import OpenCLIPModel
-from clip_server.model.preprocess import Preprocessor
+from clip_server.model import factory
+from clip_server.model.factory import cached_export, export_onnx, onnx_model_dir, preprocessor
+from clip_server.model.onnx_export import main
 from clip_server.model.registry import resolve
-from helpers import REPO, TESTS, sample_image
+from clip_server.model.runtimes.onnx_runtime import ONNXEncoder
+from clip_server.model.tokens import attention_mask
+from clip_server.types import ModelFolderError, Runtime, parse_device, parse_dtype
+from helpers import REPO, TESTS, sample_image, torch_encoder
 
 ARCHS = ['tiny-vit', 'tiny-rn']
 TEXTS = ['a photo of a cat', 'hello! world!', '', 'x ' * 200]
@@ -39,17 +41,17 @@ def cache(tmp_path, monkeypatch):
 
 
 def inputs(arch: str, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    preprocessor = Preprocessor(resolve(arch))
-    tokens = preprocessor.tokenize((TEXTS * batch)[:batch])
-    pixels = np.stack([preprocessor.pixels(sample_image(seed)) for seed in range(batch)])
+    model_input = preprocessor(resolve(arch))
+    tokens = model_input.tokenize((TEXTS * batch)[:batch])
+    pixels = np.stack([model_input.pixels(sample_image(seed)) for seed in range(batch)])
     return tokens, pixels
 
 
 @pytest.mark.parametrize('arch', ARCHS)
 def test_embeddings_equal_the_pytorch_runtime(arch, exported, tiny_weights):
     spec = resolve(arch)
-    onnx_model = ONNXModel(exported[arch], intra_op_threads=1, image_size=spec.image_size)
-    torch_model = OpenCLIPModel(spec, tiny_weights[arch])
+    onnx_model = ONNXEncoder(exported[arch], threads=1, image_size=spec.image_size)
+    torch_model = torch_encoder(spec, tiny_weights[arch])
     for batch in (1, 4):  # the batch axis is dynamic
         tokens, pixels = inputs(arch, batch)
         texts, images = onnx_model.encode_text(tokens), onnx_model.encode_image(pixels)
@@ -99,7 +101,7 @@ def test_large_models_keep_their_weights_in_external_data(exported, tiny_weights
     ]
     assert (folder / 'visual.onnx').stat().st_size < 100_000
     tokens, pixels = inputs('tiny-vit', 2)
-    external, inline = ONNXModel(folder, intra_op_threads=1), ONNXModel(exported['tiny-vit'], intra_op_threads=1)
+    external, inline = ONNXEncoder(folder, threads=1), ONNXEncoder(exported['tiny-vit'], threads=1)
     np.testing.assert_array_equal(external.encode_text(tokens), inline.encode_text(tokens))
     np.testing.assert_array_equal(external.encode_image(pixels), inline.encode_image(pixels))
 
@@ -116,16 +118,16 @@ def test_fp16_export_keeps_the_float32_contract(exported, tiny_weights, tmp_path
     session = ort.InferenceSession(str(folder / 'visual.onnx'), options, providers=['CPUExecutionProvider'])
     _, pixels = inputs('tiny-rn', 2)
     half = session.run(None, {'pixel_values': pixels})[0]
-    full = ONNXModel(exported['tiny-rn'], intra_op_threads=1).encode_image(pixels)
+    full = ONNXEncoder(exported['tiny-rn'], threads=1).encode_image(pixels)
     np.testing.assert_allclose(half, full, atol=0.02 * np.abs(full).max())
 
 
 def test_fp16_is_refused_on_cpu():
     with pytest.raises(ValueError, match='fp16 needs device cuda'):
-        check_dtype('fp16', 'cpu')
+        parse_dtype('fp16', Runtime.ONNX, parse_device('cpu'))
     with pytest.raises(ValueError, match="dtype 'bf16'"):
-        check_dtype('bf16', 'cuda')
-    assert check_dtype('fp16', 'cuda:1') == 'fp16'
+        parse_dtype('bf16', Runtime.ONNX, parse_device('cuda'))
+    assert parse_dtype('fp16', Runtime.ONNX, parse_device('cuda:1')) == 'fp16'
 
 
 # ----------------------------------------------------------------------------- bad folders
@@ -146,42 +148,42 @@ def folder(exported, tmp_path):
 
 
 def test_a_missing_folder_is_named(tmp_path):
-    with pytest.raises(ONNXModelError, match='does not exist or is not a folder'):
-        ONNXModel(tmp_path / 'nowhere')
+    with pytest.raises(ModelFolderError, match='does not exist or is not a folder'):
+        ONNXEncoder(tmp_path / 'nowhere')
 
 
 def test_a_missing_file_is_named(folder):
     (folder / 'visual.onnx').unlink()
-    with pytest.raises(ONNXModelError, match='has no visual.onnx: .* needs both textual.onnx and visual.onnx'):
-        ONNXModel(folder)
+    with pytest.raises(ModelFolderError, match='has no visual.onnx: .* needs both textual.onnx and visual.onnx'):
+        ONNXEncoder(folder)
 
 
 def test_a_file_that_is_not_onnx_is_named(folder):
     (folder / 'textual.onnx').write_bytes(b'<html>not found</html>')
-    with pytest.raises(ONNXModelError, match='textual.onnx is not a loadable ONNX model'):
-        ONNXModel(folder)
+    with pytest.raises(ModelFolderError, match='textual.onnx is not a loadable ONNX model'):
+        ONNXEncoder(folder)
 
 
 def test_other_inputs_are_named(folder):
     _visual_graph(folder / 'visual.onnx', input_name='image')
-    with pytest.raises(ONNXModelError, match=r'visual.onnx must take pixel_values; it takes image \(tensor\(float\)'):
-        ONNXModel(folder)
+    with pytest.raises(ModelFolderError, match=r'visual.onnx must take pixel_values; it takes image \(tensor\(float\)'):
+        ONNXEncoder(folder)
     shutil.copy(folder / 'textual.onnx', folder / 'visual.onnx')
-    with pytest.raises(ONNXModelError, match='visual.onnx must take pixel_values; it takes input_ids'):
-        ONNXModel(folder)
+    with pytest.raises(ModelFolderError, match='visual.onnx must take pixel_values; it takes input_ids'):
+        ONNXEncoder(folder)
 
 
 def test_a_fixed_batch_size_is_refused(folder):
     _visual_graph(folder / 'visual.onnx', batch=1)
-    with pytest.raises(ONNXModelError, match='pixel_values has a fixed batch size of 1'):
-        ONNXModel(folder)
+    with pytest.raises(ModelFolderError, match='pixel_values has a fixed batch size of 1'):
+        ONNXEncoder(folder)
 
 
 def test_an_image_size_other_than_the_models_is_refused(folder):
     _visual_graph(folder / 'visual.onnx', size=336)
-    assert ONNXModel(folder).encode_image(np.zeros((2, 3, 336, 336), np.float32)).shape == (2, 3 * 336 * 336)
-    with pytest.raises(ONNXModelError, match='takes 336x336 images, but the model name gives 224x224'):
-        ONNXModel(folder, image_size=224)
+    assert ONNXEncoder(folder).encode_image(np.zeros((2, 3, 336, 336), np.float32)).shape == (2, 3 * 336 * 336)
+    with pytest.raises(ModelFolderError, match='takes 336x336 images, but the model name gives 224x224'):
+        ONNXEncoder(folder, image_size=224)
 
 
 # ----------------------------------------------------------------------------- cache and CLI
@@ -189,7 +191,7 @@ def test_an_image_size_other_than_the_models_is_refused(folder):
 
 def test_an_export_is_made_once_and_reused(tiny_weights, cache, tmp_path, monkeypatch):
     exports = []
-    monkeypatch.setattr(onnx_export, 'export_onnx', lambda *a, **k: exports.append(a) or export_onnx(*a, **k))
+    monkeypatch.setattr(factory, 'export_onnx', lambda *a, **k: exports.append(a) or export_onnx(*a, **k))
     spec = resolve('tiny-vit')
     first = onnx_model_dir(spec, tiny_weights['tiny-vit'])
     mtime = (first / 'visual.onnx').stat().st_mtime_ns
@@ -212,7 +214,7 @@ def test_a_folder_model_path_is_served_as_is(exported, cache, tmp_path, monkeypa
 
 def test_a_failed_export_leaves_no_partial_folder(cache, tmp_path):
     shutil.copy(REPO / 'setup.py', tmp_path / 'broken.pt')
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError, match='Weights only load failed'):
         cached_export(resolve('tiny-vit'), tmp_path / 'broken.pt')
     assert [path.suffix for path in (cache / 'onnx' / 'tiny-vit').iterdir()] == ['.lock']
 
@@ -221,7 +223,7 @@ def test_export_cli_writes_a_servable_folder(tiny_weights, tmp_path, capsys):
     main(['tiny-rn', str(tmp_path / 'out'), '--weights', str(tiny_weights['tiny-rn'])])
     assert 'tiny-rn exported to' in capsys.readouterr().out
     tokens, pixels = inputs('tiny-rn', 2)
-    model = ONNXModel(tmp_path / 'out', image_size=64)
+    model = ONNXEncoder(tmp_path / 'out', image_size=64)
     assert model.encode_text(tokens).shape == model.encode_image(pixels).shape == (2, 48)
 
 
@@ -230,7 +232,7 @@ import logging, sys, time
 from pathlib import Path
 import tiny_models
 logging.basicConfig(level=logging.INFO)
-from clip_server.model.onnx_export import cached_export
+from clip_server.model.factory import cached_export
 from clip_server.model.registry import resolve
 Path(sys.argv[3]).touch()
 while not Path(sys.argv[2]).exists():
@@ -258,24 +260,24 @@ def test_replicas_starting_together_build_one_valid_export(tiny_weights, cache, 
     folders = {out.strip() for out, _ in results}
     logs = ''.join(err for _, err in results)
     assert len(folders) == 1 and logs.count('Exporting visual.onnx') == 1, logs
-    model = ONNXModel(folders.pop(), image_size=64)
+    model = ONNXEncoder(folders.pop(), image_size=64)
     assert model.encode_image(inputs('tiny-rn', 1)[1]).shape == (1, 48)
     assert not list((cache / 'onnx' / 'tiny-rn').glob('*.partial-*'))
 
 
 def test_unknown_device_is_refused():
-    from clip_server.model.onnx_model import serving_device
+    from clip_server.model.runtimes.onnx_runtime import serving_device
 
     with pytest.raises(ValueError, match="device 'gpu0'"):
         serving_device('gpu0')
-    assert serving_device('cpu') == 'cpu'
+    assert str(serving_device('cpu')) == 'cpu'
 
 
 def test_export_key_of_a_hub_blob_survives_moving_the_cache(tmp_path):
     """The same weights in a cache mounted elsewhere (a Docker volume) reuse the export."""
     import hashlib
 
-    from clip_server.model.onnx_export import export_key
+    from clip_server.model.runtimes.onnx_graphs import export_key
 
     content = b'weights'
     blob_name = hashlib.sha256(content).hexdigest()
@@ -287,8 +289,8 @@ def test_export_key_of_a_hub_blob_survives_moving_the_cache(tmp_path):
         link = tmp_path / root / 'snapshots' / 'main' / 'open_clip_model.safetensors'
         link.parent.mkdir(parents=True)
         link.symlink_to(blob)
-        keys.add(export_key(link, 'fp32'))
+        keys.add(export_key([link], 'fp32'))
     assert len(keys) == 1
     plain = tmp_path / 'mine.pt'
     plain.write_bytes(content)
-    assert export_key(plain, 'fp32') not in keys
+    assert export_key([plain], 'fp32') not in keys

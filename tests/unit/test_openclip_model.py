@@ -1,10 +1,12 @@
 import numpy as np
 import pytest
 
-from clip_server.model.openclip_model import OpenCLIPModel, check_device, check_dtype, quick_gelu_for
-from clip_server.model.preprocess import Preprocessor
+from clip_server.model.factory import builder_for, preprocessor
+from clip_server.model.families.openclip import quick_gelu_for
 from clip_server.model.registry import resolve
-from helpers import reference_image_embeddings, reference_text_embeddings, sample_image
+from clip_server.model.torch_utils import usable_device
+from clip_server.types import Family, Runtime, parse_dtype
+from helpers import reference_image_embeddings, reference_text_embeddings, sample_image, torch_encoder
 
 TEXTS = ['a photo of a cat', 'ein Hund im Schnee', '', 'x ' * 200]
 
@@ -13,12 +15,12 @@ TEXTS = ['a photo of a cat', 'ein Hund im Schnee', '', 'x ' * 200]
 @pytest.mark.parametrize('jit', [False, True])
 def test_embeddings_equal_open_clip_in_process(arch, jit, tiny_weights, reference):
     spec = resolve(arch)
-    model = OpenCLIPModel(spec, tiny_weights[arch], jit=jit)
-    preprocessor = Preprocessor(spec)
+    model = torch_encoder(spec, tiny_weights[arch], jit=jit)
+    tokens_and_pixels = preprocessor(spec)
     images = [sample_image(seed) for seed in range(3)]
 
-    texts = model.encode_text(preprocessor.tokenize(TEXTS))
-    pixels = model.encode_image(np.stack([preprocessor.pixels(image) for image in images]))
+    texts = model.encode_text(tokens_and_pixels.tokenize(TEXTS))
+    pixels = model.encode_image(np.stack([tokens_and_pixels.pixels(image) for image in images]))
 
     assert texts.dtype == pixels.dtype == np.float32
     assert texts.shape == (len(TEXTS), spec.dim) and pixels.shape == (3, spec.dim)
@@ -28,8 +30,8 @@ def test_embeddings_equal_open_clip_in_process(arch, jit, tiny_weights, referenc
 
 def test_bf16_stays_close_and_returns_float32(tiny_weights, reference):
     spec = resolve('tiny-vit')
-    model = OpenCLIPModel(spec, tiny_weights['tiny-vit'], dtype='bf16')
-    embeddings = model.encode_text(Preprocessor(spec).tokenize(TEXTS[:2]))
+    model = torch_encoder(spec, tiny_weights['tiny-vit'], dtype='bf16')
+    embeddings = model.encode_text(preprocessor(spec).tokenize(TEXTS[:2]))
     assert embeddings.dtype == np.float32
     expected = reference_text_embeddings(reference('tiny-vit'), TEXTS[:2])
     assert np.abs(embeddings - expected).max() < 0.1 * np.abs(expected).max()
@@ -45,24 +47,24 @@ def test_activation_follows_the_weights():
 
 def test_bad_runtime_options_are_named():
     with pytest.raises(ValueError, match="dtype 'fp8'"):
-        check_dtype('fp8')
+        parse_dtype('fp8', Runtime.TORCH)
     with pytest.raises(ValueError, match="device 'gpu'"):
-        check_device('gpu')
+        usable_device('gpu')
     if not __import__('torch').cuda.is_available():
         with pytest.raises(ValueError, match='CUDA is not available'):
-            check_device('cuda')
+            usable_device('cuda')
 
 
-def test_mclip_is_not_an_open_clip_model(tiny_weights):
-    with pytest.raises(ValueError, match='M-CLIP/XLM-Roberta-Large-Vit-B-32 is an mclip model'):
-        OpenCLIPModel(resolve('M-CLIP/XLM-Roberta-Large-Vit-B-32'), None)
+def test_mclip_is_built_by_its_own_family():
+    assert builder_for(resolve('M-CLIP/XLM-Roberta-Large-Vit-B-32')).family is Family.MCLIP
+    assert builder_for(resolve('tiny-vit')).family is Family.OPEN_CLIP
 
 
 def test_openai_style_torchscript_archive_loads(tiny_weights, reference, tmp_path):
     """OpenAI publishes TorchScript archives (with three extra scalars); they load like a state dict."""
     import torch
 
-    from clip_server.model.openclip_model import create_open_clip_model, is_torchscript_archive
+    from clip_server.model.families.openclip import create_open_clip_model, is_torchscript_archive
 
     spec = resolve('tiny-vit')
     scripted = torch.jit.script(create_open_clip_model(spec, tiny_weights['tiny-vit']))
@@ -71,6 +73,6 @@ def test_openai_style_torchscript_archive_loads(tiny_weights, reference, tmp_pat
     torch.jit.save(scripted, str(archive))
     assert is_torchscript_archive(archive) and not is_torchscript_archive(tiny_weights['tiny-vit'])
 
-    model = OpenCLIPModel(spec, archive)
-    tokens = Preprocessor(spec).tokenize(TEXTS)
+    model = torch_encoder(spec, archive)
+    tokens = preprocessor(spec).tokenize(TEXTS)
     np.testing.assert_allclose(model.encode_text(tokens), reference_text_embeddings(reference('tiny-vit'), TEXTS), atol=1e-5)

@@ -1,15 +1,15 @@
-"""Hugging Face text towers: their files through our cache, their tokenizers, their padding.
+"""The HF-text family (open_clip models with a `transformers` text tower), and the Hub files
+and tokenizers of every `transformers` text tower.
 
-Two kinds of models use a `transformers` text tower: M-CLIP (see `mclip_model`) and open_clip's
+Two kinds of models use a `transformers` text tower: M-CLIP (see `families.mclip`) and open_clip's
 own HF-text-tower architectures (`roberta-ViT-B-32`, `xlm-roberta-*`). Their tokenizer and
 transformer config come from a Hub repo; they are fetched here with `fetch_hf_file`, so they
 land in the server's cache, honour HF_HUB_OFFLINE and fail with an error naming the file,
 instead of `transformers` reaching for its own cache and the network.
 
 Token ids travel as int64 [N, 77] rows padded on the right with the tokenizer's pad id, the
-same shape as CLIP's, so the request pipeline stays one for every model; `trim_padding`
-then cuts a minibatch to its longest real row before the transformer runs. Kept free of
-torch, and `transformers` is only imported when a tokenizer is built.
+same shape as CLIP's, so the request pipeline stays one for every model. `transformers` is
+only imported when a tokenizer or a model is built (its extra: `clip-server[transformers]`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,15 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import torch
 from huggingface_hub import try_to_load_from_cache
 
-from clip_server.model.weights import WeightsUnavailableError, cache_dir, fetch_hf_file
+from clip_server.model.families.base import CONTEXT_LENGTH, Tokenizer
+from clip_server.model.families.openclip import OpenCLIPBuilder, create_open_clip_model
+from clip_server.model.registry import ModelSpec
+from clip_server.model.weights import cache_dir, fetch_hf_file
+from clip_server.types import DType, Family, WeightsUnavailableError, require
 
-CONTEXT_LENGTH = 77
 TOKENIZER_FILE = 'tokenizer.json'
 CONFIG_FILE = 'config.json'
 # Besides tokenizer.json (the whole fast tokenizer), what AutoTokenizer reads when a repo has it:
@@ -74,10 +78,9 @@ class HFTokenizer:
     right-padded with its pad id, which `trim_padding` takes off per minibatch."""
 
     def __init__(self, folder: str | os.PathLike, context_length: int = CONTEXT_LENGTH):
-        from transformers import AutoTokenizer
-
+        transformers = require('transformers', 'transformers')
         with _quiet('transformers.configuration_utils'):
-            self._tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            self._tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
         if self._tokenizer.pad_token_id is None:
             raise ValueError(f'the tokenizer in {folder} has no pad token, which batching needs')
         self.pad_token_id: int = self._tokenizer.pad_token_id
@@ -106,14 +109,35 @@ def _quiet(logger_name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def trim_padding(tokens: np.ndarray, pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-padded rows cut to the longest real row of the batch, and their attention mask.
+class HFTextBuilder(OpenCLIPBuilder):
+    """open_clip models whose text tower is a `transformers` model: open_clip builds them, with
+    the tower's config and tokenizer taken from our cache instead of `transformers`' own."""
 
-    A row's real part runs up to its last non-pad id (so a literal pad token inside a text
-    stays real); running the transformer on exactly this is padding to the longest text.
-    """
-    real = tokens != pad_token_id
-    lengths = np.where(real.any(axis=1), tokens.shape[1] - np.argmax(real[:, ::-1], axis=1), 0)
-    width = max(int(lengths.max(initial=0)), 1)
-    mask = np.arange(width) < lengths[:, None]
-    return np.ascontiguousarray(tokens[:, :width]), mask.astype(np.int64)
+    family = Family.HF_TEXT
+    scriptable = False  # a `transformers` module cannot be scripted
+
+    def tokenizer(self, spec: ModelSpec, folder: str | os.PathLike | None) -> Tokenizer:
+        import open_clip
+
+        require('transformers', 'transformers')
+        text_cfg = open_clip.get_model_config(spec.arch)['text_cfg']
+        # open_clip's own wrapper (its text cleaning and options), loading from our cache, not by Hub name
+        return open_clip.tokenizer.HFTokenizer(
+            str(tokenizer_folder(text_cfg['hf_tokenizer_name'], folder)),
+            context_length=CONTEXT_LENGTH,
+            tokenizer_mode=text_cfg.get('tokenizer_mode'),
+            **text_cfg.get('tokenizer_kwargs', {}),
+        )
+
+    def create_model(
+        self, spec: ModelSpec, weights: str | os.PathLike | None, *, device: str = 'cpu', dtype: DType = DType.FP32
+    ) -> torch.nn.Module:
+        """Its config from our cache (open_clip would have `transformers` fetch it into its own),
+        and no base weights, as the checkpoint has them all."""
+        import open_clip
+
+        require('transformers', 'transformers')
+        text_cfg = open_clip.get_model_config(spec.arch)['text_cfg']
+        local = str(hf_config_folder(text_cfg['hf_model_name']))
+        text_cfg = {**text_cfg, 'hf_model_name': local, 'hf_model_pretrained': False}
+        return create_open_clip_model(spec, weights, device=device, dtype=dtype, text_cfg=text_cfg)

@@ -8,7 +8,8 @@ length instead: each minibatch is cut to its longest text and masked by that pad
 Models are checked against it at start, so a wrong folder fails with a message naming
 the problem instead of at the first request.
 
-Kept free of Jina and docarray (torch is only asked, lazily, whether there is a GPU).
+Kept free of Jina and docarray (torch is only asked, lazily, whether there is a GPU);
+`onnxruntime` comes with the `clip-server[onnx]` extra.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from clip_server.model.hf_text import trim_padding
+from clip_server.model.tokens import text_inputs
+from clip_server.types import CPU as CPU_DEVICE
+from clip_server.types import Device, DType, ModelFolderError, parse_device, require
+
+ort = require('onnxruntime', 'onnx')
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +33,6 @@ IMAGE_FILE = 'visual.onnx'
 TEXT_INPUTS = ('input_ids', 'attention_mask')
 IMAGE_INPUT = 'pixel_values'
 PAD_TOKEN_ID = 'pad_token_id'  # metadata key of text graphs that mask by a pad id
-DTYPES = ('fp32', 'fp16')
 CUDA = 'CUDAExecutionProvider'
 CPU = 'CPUExecutionProvider'
 
@@ -38,42 +41,28 @@ _TEXT_TYPES = {'tensor(int32)': np.int32, 'tensor(int64)': np.int64}
 _IMAGE_TYPES = {'tensor(float)': np.float32, 'tensor(float16)': np.float16}
 
 
-class ONNXModelError(ValueError):
-    """An ONNX model folder that cannot be served; the message says what is wrong with it."""
-
-
-def serving_device(device: str | None = None) -> str:
+def serving_device(device: str | None = None) -> Device:
     """`device`, by default CUDA when there is both a GPU and onnxruntime's CUDA provider.
 
     CUDA asked for without the provider is served on CPU, with a loud warning.
     """
     import torch  # a core dependency; only asked whether a GPU is there
 
-    if device is not None and device != 'cpu' and not device.startswith('cuda'):
-        raise ValueError(f'device {device!r} is not "cpu", "cuda" or "cuda:N"')
+    parsed = parse_device(device) if device is not None else None
     has_provider = CUDA in ort.get_available_providers()
-    if device is None:
-        return 'cuda' if has_provider and torch.cuda.is_available() else 'cpu'
-    if device.startswith('cuda') and not has_provider:
+    if parsed is None:
+        return parse_device('cuda') if has_provider and torch.cuda.is_available() else CPU_DEVICE
+    if parsed.is_cuda and not has_provider:
         _warn_no_cuda(f'this onnxruntime has no {CUDA} (it has {", ".join(ort.get_available_providers())})')
-        return 'cpu'
-    return device
+        return CPU_DEVICE
+    return parsed
 
 
-def check_dtype(dtype: str, device: str) -> str:
-    """fp16 only on CUDA: onnxruntime's CPU provider has few fp16 kernels (1.32 even crashes optimising them)."""
-    if dtype not in DTYPES:
-        raise ValueError(f'dtype {dtype!r} is not one of {", ".join(DTYPES)} for the ONNX runtime')
-    if dtype == 'fp16' and not device.startswith('cuda'):
-        raise ValueError('dtype fp16 needs device cuda with the ONNX runtime; on CPU use dtype fp32')
-    return dtype
-
-
-def providers_for(device: str) -> list:
+def providers_for(device: Device) -> list:
     """CUDA (on the device's GPU) then CPU for a cuda device, CPU alone otherwise."""
-    if not device.startswith('cuda'):
+    if not device.is_cuda:
         return [CPU]
-    return [(CUDA, {'device_id': int(device.partition(':')[2] or 0)}), CPU]
+    return [(CUDA, {'device_id': device.index or 0}), CPU]
 
 
 def _warn_no_cuda(reason: str) -> None:
@@ -82,14 +71,6 @@ def _warn_no_cuda(reason: str) -> None:
         'Install onnxruntime-gpu matching your CUDA and cuDNN versions, or set device: cpu. !!!',
         reason,
     )
-
-
-def attention_mask(tokens: np.ndarray) -> np.ndarray:
-    """1 up to and including each row's end-of-text token (its largest id), 0 on the padding after it.
-
-    Not `tokens != 0`: id 0 is '!' in CLIP's vocabulary, and padding is 0 too.
-    """
-    return np.arange(tokens.shape[1]) <= tokens.argmax(axis=1)[:, None]
 
 
 def _describe(args: list) -> str:
@@ -109,26 +90,26 @@ class _Tower:
         providers: list,
     ):
         if not path.is_file():
-            raise ONNXModelError(
+            raise ModelFolderError(
                 f'{path.parent} has no {path.name}: an ONNX model folder needs both {TEXT_FILE} and {IMAGE_FILE}'
             )
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own unexported exception classes
-            raise ONNXModelError(f'{path} is not a loadable ONNX model: {exc}') from exc
+            raise ModelFolderError(f'{path} is not a loadable ONNX model: {exc}') from exc
         declared, outputs = self.session.get_inputs(), self.session.get_outputs()
         if sorted(arg.name for arg in declared) != sorted(inputs):
-            raise ONNXModelError(f'{path} must take {", ".join(inputs)}; it takes {_describe(declared)}')
+            raise ModelFolderError(f'{path} must take {", ".join(inputs)}; it takes {_describe(declared)}')
         if len(outputs) != 1 or len(outputs[0].shape) != 2:
-            raise ONNXModelError(f'{path} must have one output [batch, dim]; it has {_describe(outputs)}')
+            raise ModelFolderError(f'{path} must have one output [batch, dim]; it has {_describe(outputs)}')
         for arg in declared:
             if arg.type not in types or len(arg.shape) != rank:
-                raise ONNXModelError(
+                raise ModelFolderError(
                     f'{path}: input {arg.name} must be {" or ".join(types)} of rank {rank}, not {arg.type} {arg.shape}'
                 )
         for arg in declared + outputs:
             if isinstance(arg.shape[0], int):
-                raise ONNXModelError(
+                raise ModelFolderError(
                     f'{path}: {arg.name} has a fixed batch size of {arg.shape[0]}; export it with a dynamic batch axis'
                 )
         self.inputs = {arg.name: types[arg.type] for arg in declared}
@@ -139,50 +120,52 @@ class _Tower:
         return self.session.run(None, cast)[0].astype(np.float32, copy=False)
 
 
-class ONNXModel:
-    """A CLIP model as two ONNX graphs, numpy in, float32 numpy out (embeddings not normalised)."""
+class ONNXEncoder:
+    """A CLIP model as two ONNX graphs behind the `Encoder` interface."""
 
     def __init__(
         self,
         folder: str | os.PathLike,
         *,
-        device: str = 'cpu',
-        intra_op_threads: int | None = None,
+        device: Device = CPU_DEVICE,
+        dtype: DType = DType.FP32,
+        threads: int | None = None,
         image_size: int | None = None,
         pad_token_id: int | None = None,
     ):
-        """`pad_token_id`: the serving tokenizer's, for text graphs that mask by it (M-CLIP); it
-        overrides the graph's own metadata, which folders made elsewhere may lack."""
+        """`dtype`: what the folder was exported in. `image_size`: the preprocessing's, checked
+        against the graph. `pad_token_id`: the serving tokenizer's, for text graphs that mask by
+        it (M-CLIP); it overrides the graph's own metadata, which folders made elsewhere may lack."""
         folder = Path(folder).expanduser()
         if not folder.is_dir():
-            raise ONNXModelError(f'ONNX model folder {str(folder)!r} does not exist or is not a folder')
+            raise ModelFolderError(f'ONNX model folder {str(folder)!r} does not exist or is not a folder')
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle ORT threads would otherwise spin, taking the cores that decode images and serve gRPC:
         # measured through a server on 2 cores, texts/s went from 15.5 to 26.5 without spinning.
         options.add_session_config_entry('session.intra_op.allow_spinning', '0')
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
+        if threads:
+            options.intra_op_num_threads = threads
         providers = providers_for(device)
         self._text = _Tower(folder / TEXT_FILE, TEXT_INPUTS, _TEXT_TYPES, 2, options, providers)
         self._image = _Tower(folder / IMAGE_FILE, (IMAGE_INPUT,), _IMAGE_TYPES, 4, options, providers)
         self.providers = self._image.session.get_providers()
+        self.device, self.dtype = device, dtype
+        self.dim = self._text.session.get_outputs()[0].shape[1]
+        self.description = ', '.join(self.providers)
         if providers[0] != CPU and CUDA not in self.providers:
             _warn_no_cuda(f'{CUDA} did not load (see onnxruntime\'s messages above)')
         pad = self._text.session.get_modelmeta().custom_metadata_map.get(PAD_TOKEN_ID)
         self._pad_token_id = pad_token_id if pad_token_id is not None else int(pad) if pad is not None else None
         spatial = self._image.shapes[IMAGE_INPUT][2:]
         if image_size and all(isinstance(side, int) for side in spatial) and spatial != [image_size] * 2:
-            raise ONNXModelError(
+            raise ModelFolderError(
                 f'{folder / IMAGE_FILE} takes {spatial[0]}x{spatial[1]} images, but the model name gives '
                 f'{image_size}x{image_size} preprocessing: set `name` to the model the folder was made from'
             )
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        if self._pad_token_id is None:
-            return self._text.run({'input_ids': tokens, 'attention_mask': attention_mask(tokens)})
-        ids, mask = trim_padding(tokens, self._pad_token_id)
-        return self._text.run({'input_ids': ids, 'attention_mask': mask})
+        return self._text.run(dict(zip(TEXT_INPUTS, text_inputs(tokens, self._pad_token_id))))
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         return self._image.run({IMAGE_INPUT: pixels})

@@ -26,20 +26,22 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
-from clip_server.model.hf_text import CONFIG_FILE, hf_config_folder, read_json, trim_padding
-from clip_server.model.openclip_model import (
-    DTYPES,
-    check_device,
-    check_dtype,
-    create_open_clip_model,
-    rebuilt_buffers,
+from clip_server.model.families.base import FamilyBuilder, Tokenizer, Towers
+from clip_server.model.families.hf_text import (
+    CONFIG_FILE,
+    HFTokenizer,
+    hf_config_folder,
+    read_json,
+    tokenizer_folder,
 )
-from clip_server.model.registry import OPEN_CLIP, ModelSpec
-from clip_server.model.weights import WeightsUnavailableError, fetch_hf_file, fetch_open_clip_weights
+from clip_server.model.families.openclip import create_open_clip_model
+from clip_server.model.registry import ModelSpec
+from clip_server.model.torch_utils import TORCH_DTYPES, rebuilt_buffers
+from clip_server.model.weights import fetch_hf_file, fetch_open_clip_weights
+from clip_server.types import DType, Family, WeightsUnavailableError, require
 
 # What the Hub repos hold is the pickle; a local folder may have a safetensors copy instead.
 TEXT_WEIGHTS = ('model.safetensors', 'pytorch_model.bin')
@@ -61,7 +63,7 @@ class MCLIPFiles:
 
 def image_tower_spec(spec: ModelSpec) -> ModelSpec:
     """The open_clip model whose image tower an M-CLIP model pairs with."""
-    return dataclasses.replace(spec, name=f'{spec.arch}::{spec.tag}', family=OPEN_CLIP)
+    return dataclasses.replace(spec, name=f'{spec.arch}::{spec.tag}', family=Family.OPEN_CLIP)
 
 
 def locate_mclip(spec: ModelSpec, model_path: str | os.PathLike | None = None) -> MCLIPFiles:
@@ -115,8 +117,8 @@ def create_mclip_text_tower(files: MCLIPFiles, *, attn_implementation: str | Non
 
     `attn_implementation='eager'` is for ONNX export, where every op must trace.
     """
-    from transformers import AutoConfig, AutoModel
-
+    transformers = require('transformers', 'transformers')
+    AutoConfig, AutoModel = transformers.AutoConfig, transformers.AutoModel
     mclip = read_json(files.config)
     config = AutoConfig.from_pretrained(str(files.base_config.parent))
     if config.hidden_size != mclip['transformerDimensions']:
@@ -154,34 +156,35 @@ def pad_token_id(files: MCLIPFiles) -> int:
     return int(read_json(files.base_config)['pad_token_id'])
 
 
-class MCLIPModel:
-    """An M-CLIP model in inference mode: numpy in, float32 numpy embeddings out (not normalised).
+class MCLIPBuilder(FamilyBuilder):
+    """M-CLIP: its own `transformers` text tower, an open_clip model's image tower."""
 
-    Texts come as right-padded [N, 77] ids; each minibatch is cut to its longest text before
-    the transformer runs, which is what padding to the longest text of the minibatch computes.
-    """
+    family = Family.MCLIP
+    checkpoint = 'a folder with the M-CLIP checkpoint'
+    checkpoint_is_folder = True
+    variable_length_text = True
+    scriptable = False  # a `transformers` module cannot be scripted
 
-    def __init__(self, spec: ModelSpec, files: MCLIPFiles, *, device: str = 'cpu', dtype: str = 'fp32'):
-        self.spec = spec
-        self.device = torch.device(check_device(device))
-        self.dtype = DTYPES[check_dtype(dtype)]
-        self.pad_token_id = pad_token_id(files)
-        self._text = create_mclip_text_tower(files).to(self.device, self.dtype)
-        if self._text.LinearTransformation.out_features != spec.dim:
+    def locate(self, spec: ModelSpec, model_path: str | os.PathLike | None) -> MCLIPFiles:
+        return locate_mclip(spec, model_path)
+
+    def files(self, source: MCLIPFiles) -> tuple[Path, ...]:
+        return source.paths()
+
+    def source_folder(self, source: MCLIPFiles) -> Path:
+        """A local folder or a Hub snapshot: the checkpoint's tokenizer is beside its config."""
+        return source.config.parent
+
+    def tokenizer(self, spec: ModelSpec, folder: str | os.PathLike | None) -> Tokenizer:
+        return HFTokenizer(tokenizer_folder(spec.name, folder))
+
+    def towers(self, spec: ModelSpec, source: MCLIPFiles, *, device: str = 'cpu', dtype: DType = DType.FP32,
+               for_export: bool = False) -> Towers:
+        text = create_mclip_text_tower(source, attn_implementation='eager' if for_export else None)
+        if text.LinearTransformation.out_features != spec.dim:
             raise ValueError(
-                f'the M-CLIP checkpoint {files.config} embeds into {self._text.LinearTransformation.out_features} '
+                f'the M-CLIP checkpoint {source.config} embeds into {text.LinearTransformation.out_features} '
                 f'dimensions, but {spec.name} pairs with the {spec.dim}-d image tower of {spec.arch}'
             )
-        self._visual = create_open_clip_model(
-            image_tower_spec(spec), files.image_weights, device=device, dtype=dtype
-        ).visual
-
-    @torch.inference_mode()
-    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        ids, mask = trim_padding(tokens, self.pad_token_id)
-        embeddings = self._text(torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device))
-        return embeddings.float().cpu().numpy()
-
-    @torch.inference_mode()
-    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
-        return self._visual(torch.from_numpy(pixels).to(self.device, self.dtype)).float().cpu().numpy()
+        image = create_open_clip_model(image_tower_spec(spec), source.image_weights, device=device, dtype=dtype)
+        return Towers(text.to(device, TORCH_DTYPES[DType(dtype)]), image.visual, pad_token_id(source))

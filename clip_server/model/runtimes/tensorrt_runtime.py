@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -18,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clip_server.model.cache_build import build_once, folder_name
-from clip_server.model.onnx_model import IMAGE_INPUT, attention_mask
-from clip_server.model.registry import ModelSpec
+from clip_server.model.cache_build import build_once, digest, folder_name
+from clip_server.model.runtimes.onnx_runtime import IMAGE_FILE, IMAGE_INPUT, TEXT_FILE, TEXT_INPUTS
+from clip_server.model.tokens import text_inputs
 from clip_server.model.weights import cache_dir
+from clip_server.types import Device, DType, RuntimeUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,8 @@ ALTERNATIVES = 'serve with PyTorch (`python -m clip_server`) or ONNX Runtime (`p
 # The builder may use up to this share of the GPU's free memory as scratch space, capped at 4 GiB.
 WORKSPACE_SHARE = 0.5
 WORKSPACE_CAP = 4 << 30
-TOWERS = ('textual', 'visual')
+# Each ONNX graph and the engine compiled from it.
+ENGINE_FILES = {TEXT_FILE: 'textual.engine', IMAGE_FILE: 'visual.engine'}
 
 
 def missing_pieces() -> list[str]:
@@ -46,7 +47,7 @@ def require_tensorrt() -> None:
     """Refuse to start, naming every missing piece, rather than fail on the first request."""
     missing = missing_pieces()
     if missing:
-        raise RuntimeError(f'The TensorRT runtime needs {" and ".join(missing)}; {ALTERNATIVES}.')
+        raise RuntimeUnavailableError(f'The TensorRT runtime needs {" and ".join(missing)}; {ALTERNATIVES}.')
 
 
 @dataclass(frozen=True)
@@ -61,17 +62,17 @@ class EngineKey:
     max_batch: int
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return digest(asdict(self))
 
 
 def onnx_sha256(folder: Path) -> str:
     """The export's content (graphs and any external-data files) identifies it."""
-    digest = hashlib.sha256()
+    content = hashlib.sha256()
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        digest.update(path.name.encode())
+        content.update(path.name.encode())
         with open(path, 'rb') as f:
-            digest.update(hashlib.file_digest(f, 'sha256').digest())
-    return digest.hexdigest()
+            content.update(hashlib.file_digest(f, 'sha256').digest())
+    return content.hexdigest()
 
 
 def engine_key(onnx_folder: Path, *, fp16: bool, max_batch: int) -> EngineKey:
@@ -195,29 +196,34 @@ class _Engine:
         return result.numpy()
 
 
-class TensorRTModel:
-    """A textual and a visual engine behind the runtime-agnostic encode interface."""
+class TensorRTEncoder:
+    """A textual and a visual engine behind the `Encoder` interface (CLIP's fixed-length texts)."""
 
-    def __init__(self, engine_folder: Path, device: str = 'cuda'):
-        self.device = torch.device(device)
-        self._textual = _Engine(engine_folder / 'textual.engine', self.device)
-        self._visual = _Engine(engine_folder / 'visual.engine', self.device)
+    def __init__(self, engine_folder: Path, *, dim: int, device: Device, dtype: DType):
+        self.dim, self.device, self.dtype = dim, device, dtype
+        self.description = f'TensorRT on {device} ({dtype})'
+        self._textual = _Engine(engine_folder / ENGINE_FILES[TEXT_FILE], torch.device(str(device)))
+        self._visual = _Engine(engine_folder / ENGINE_FILES[IMAGE_FILE], torch.device(str(device)))
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        return self._textual.run({'input_ids': tokens, 'attention_mask': attention_mask(tokens)})
+        return self._textual.run(dict(zip(TEXT_INPUTS, text_inputs(tokens, None))))
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         return self._visual.run({IMAGE_INPUT: pixels})
 
 
-def cached_engines(spec: ModelSpec, onnx_folder: Path, *, fp16: bool, max_batch: int) -> Path:
-    """The folder with `textual.engine` and `visual.engine` for this model, GPU and TensorRT."""
+def cached_engines(model_name: str, onnx_folder: Path, *, device: Device, dtype: DType, max_batch: int) -> Path:
+    """The folder with the engines for this model on `device`'s GPU, built first if need be.
+
+    fp16 engines keep LayerNorm and reductions in fp32."""
+    torch.cuda.set_device(torch.device(str(device)))  # the GPU the key names and the engines are built on
+    fp16 = dtype == DType.FP16
     key = engine_key(onnx_folder, fp16=fp16, max_batch=max_batch)
-    folder = cache_dir() / 'tensorrt' / folder_name(spec.name) / key.digest()
+    folder = cache_dir() / 'tensorrt' / folder_name(model_name) / key.digest()
 
     def build(target: Path) -> None:
-        for tower in TOWERS:
-            build_engine(onnx_folder / f'{tower}.onnx', target / f'{tower}.engine', fp16=fp16, max_batch=max_batch)
+        for graph, engine in ENGINE_FILES.items():
+            build_engine(onnx_folder / graph, target / engine, fp16=fp16, max_batch=max_batch)
 
     logger.info('TensorRT %s on %s (compute %s)', key.tensorrt_version, key.gpu_name, key.compute_capability)
-    return build_once(folder, build, f'the TensorRT engines of {spec.name}')
+    return build_once(folder, build, f'the TensorRT engines of {model_name}')

@@ -1,0 +1,219 @@
+"""The model factory: which model family runs on which runtime, and how an encoder is built.
+
+The executors ask for a model here and nowhere else:
+- `check_supported(spec, runtime)` refuses a pair this server cannot serve, or a runtime this
+  machine cannot run, before anything is downloaded;
+- `preprocessor(spec, model_path)` gives the model's tokenizer and image transform;
+- `build_encoder(spec, runtime, options)` gives a loaded `Encoder`.
+
+A family builder (`families/`) knows its checkpoint and tokenizer and makes two torch towers;
+a runtime (`runtimes/`) runs them (PyTorch), or graphs exported from them (ONNX Runtime, and
+TensorRT engines compiled from those graphs). Runtime modules are imported when first asked
+for, as ONNX Runtime and TensorRT come with optional extras.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clip_server.model.cache_build import build_once, folder_name
+from clip_server.model.encoder import Encoder
+from clip_server.model.families.base import FamilyBuilder
+from clip_server.model.families.hf_text import HFTextBuilder
+from clip_server.model.families.mclip import MCLIPBuilder
+from clip_server.model.families.openclip import OpenCLIPBuilder
+from clip_server.model.preprocess import Preprocessor, image_transform
+from clip_server.model.registry import ModelSpec
+from clip_server.model.torch_utils import default_device, usable_device
+from clip_server.model.weights import cache_dir
+from clip_server.types import (
+    ConfigurationError,
+    DType,
+    Family,
+    Runtime,
+    UnsupportedError,
+    parse_dtype,
+)
+
+
+@dataclass(frozen=True)
+class Served:
+    """A family's builder, the runtimes that serve it, and why the others cannot."""
+
+    builder: FamilyBuilder
+    runtimes: frozenset[Runtime]
+    refusal: str = ''
+
+
+# The table: which family runs on which runtime.
+FAMILIES: dict[Family, Served] = {
+    Family.OPEN_CLIP: Served(OpenCLIPBuilder(), frozenset(Runtime)),
+    Family.HF_TEXT: Served(HFTextBuilder(), frozenset(Runtime)),
+    Family.MCLIP: Served(
+        MCLIPBuilder(),
+        frozenset({Runtime.TORCH, Runtime.ONNX}),
+        'M-CLIP text towers take texts of any length, which these engines do not',
+    ),
+}
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    """What an executor's parameters ask of its runtime; unset means the runtime's default."""
+
+    model_path: str | os.PathLike | None = None
+    device: str | None = None
+    dtype: str | None = None
+    jit: bool = False  # PyTorch: run the towers as TorchScript
+    threads: int | None = None  # CPU inference threads
+    max_batch: int = 32  # TensorRT: the largest batch an engine takes
+
+
+def builder_for(spec: ModelSpec) -> FamilyBuilder:
+    return FAMILIES[spec.family].builder
+
+
+def check_supported(spec: ModelSpec, runtime: Runtime) -> FamilyBuilder:
+    """The family's builder, or a refusal naming the runtimes that do serve it."""
+    served = FAMILIES[spec.family]
+    if runtime not in served.runtimes:
+        others = ' or '.join(r.label for r in Runtime if r in served.runtimes)
+        raise UnsupportedError(
+            f'{spec.name} cannot be served with {runtime.label}: {served.refusal}; serve it with {others}'
+        )
+    if runtime is Runtime.TENSORRT:
+        from clip_server.model.runtimes import tensorrt_runtime
+
+        tensorrt_runtime.require_tensorrt()
+    return served.builder
+
+
+def locate(spec: ModelSpec, model_path: str | os.PathLike | None = None) -> Any:
+    """The files `spec` is built from: `model_path`, or its pretrained files (downloaded if need be)."""
+    return builder_for(spec).locate(spec, model_path)
+
+
+def preprocessor(spec: ModelSpec, model_path: str | os.PathLike | None = None) -> Preprocessor:
+    """The model's tokenizer and image transform; a `model_path` folder may hold the tokenizer."""
+    folder = model_path if model_path and Path(model_path).expanduser().is_dir() else None
+    return Preprocessor(builder_for(spec).tokenizer(spec, folder), image_transform(spec))
+
+
+def build_encoder(
+    spec: ModelSpec,
+    runtime: Runtime,
+    options: EncoderOptions = EncoderOptions(),
+    preprocessor: Preprocessor | None = None,
+) -> Encoder:
+    """`spec` loaded on `runtime`, taking the token rows `preprocessor` makes (built if not given)."""
+    builder = check_supported(spec, runtime)
+    return _RUNTIMES[runtime](spec, builder, options, preprocessor)
+
+
+def _torch(spec: ModelSpec, builder: FamilyBuilder, options: EncoderOptions, _: Preprocessor | None) -> Encoder:
+    from clip_server.model.runtimes.torch_runtime import TorchEncoder
+
+    device = usable_device(options.device) if options.device else default_device()
+    dtype = parse_dtype(options.dtype, Runtime.TORCH, device)
+    if options.jit and not builder.scriptable:
+        raise ConfigurationError(f'jit is not supported for {spec.name}: its transformers text tower cannot be scripted')
+    towers = builder.towers(spec, builder.locate(spec, options.model_path), device=str(device), dtype=dtype)
+    return TorchEncoder(towers, dim=spec.dim, device=device, dtype=dtype, jit=options.jit, threads=options.threads)
+
+
+def _onnx(spec: ModelSpec, builder: FamilyBuilder, options: EncoderOptions, tokens: Preprocessor | None) -> Encoder:
+    from clip_server.model.runtimes.onnx_runtime import ONNXEncoder, serving_device
+
+    device = serving_device(options.device)
+    dtype = parse_dtype(options.dtype, Runtime.ONNX, device)
+    pad_token_id = None
+    if builder.variable_length_text:  # masked by the serving tokenizer's pad id
+        pad_token_id = (tokens or preprocessor(spec, options.model_path)).pad_token_id
+    return ONNXEncoder(
+        onnx_model_dir(spec, options.model_path, dtype=dtype),
+        device=device,
+        dtype=dtype,
+        threads=options.threads,
+        image_size=spec.image_size,
+        pad_token_id=pad_token_id,
+    )
+
+
+def _tensorrt(spec: ModelSpec, builder: FamilyBuilder, options: EncoderOptions, _: Preprocessor | None) -> Encoder:
+    from clip_server.model.runtimes.tensorrt_runtime import TensorRTEncoder, cached_engines
+
+    device = usable_device(options.device or 'cuda')
+    dtype = parse_dtype(options.dtype or DType.FP16, Runtime.TENSORRT, device)
+    onnx_folder = onnx_model_dir(spec, options.model_path, dtype=DType.FP32)
+    engines = cached_engines(spec.name, onnx_folder, device=device, dtype=dtype, max_batch=options.max_batch)
+    return TensorRTEncoder(engines, dim=spec.dim, device=device, dtype=dtype)
+
+
+_RUNTIMES: dict[Runtime, Callable[..., Encoder]] = {
+    Runtime.TORCH: _torch,
+    Runtime.ONNX: _onnx,
+    Runtime.TENSORRT: _tensorrt,
+}
+
+
+# ----------------------------------------------------------------------------- ONNX exports
+
+
+def export_onnx(
+    spec: ModelSpec,
+    source: Any,
+    folder: str | os.PathLike,
+    *,
+    dtype: str = DType.FP32,
+    external_data: bool | None = None,
+) -> Path:
+    """Write `textual.onnx` and `visual.onnx` for `spec` built from `source` (see `locate`).
+
+    fp16 is converted on a GPU when there is one.
+    """
+    from clip_server.model.runtimes.onnx_graphs import export_towers
+
+    dtype = parse_dtype(dtype, Runtime.ONNX)  # an fp16 graph can be made without a GPU, not served
+    device = 'cuda' if dtype == DType.FP16 and torch.cuda.is_available() else 'cpu'
+    builder = builder_for(spec)
+    # Real-looking texts of different lengths, so the padding paths are traced too.
+    tokens = preprocessor(spec, builder.source_folder(source)).tokenize(['a photo of a cat', ''])
+    towers = builder.towers(spec, source, device=device, for_export=True)
+    return export_towers(towers, tokens, spec.image_size, folder, dtype=dtype, external_data=external_data,
+                         name=spec.name)
+
+
+def cached_export(spec: ModelSpec, source: Any, *, dtype: str = DType.FP32) -> Path:
+    """The cached export of `spec` built from `source`, made first if no process has made it yet."""
+    from clip_server.model.runtimes.onnx_graphs import export_key
+
+    dtype = parse_dtype(dtype, Runtime.ONNX)
+    key = export_key(builder_for(spec).files(source), dtype)
+    folder = cache_dir() / 'onnx' / folder_name(spec.name) / f'{dtype}-{key}'
+    return build_once(folder, partial(export_onnx, spec, source, dtype=dtype), f'the ONNX export of {spec.name}')
+
+
+def onnx_model_dir(spec: ModelSpec, model_path: str | os.PathLike | None = None, *, dtype: str = DType.FP32) -> Path:
+    """The folder to serve: `model_path` itself when it is a folder of ONNX files (a custom model,
+    served as is), else the cached export of what `model_path` names (the family's checkpoint)
+    or of `spec`'s pretrained weights."""
+    from clip_server.model.runtimes.onnx_runtime import IMAGE_FILE, TEXT_FILE
+
+    builder = builder_for(spec)
+    path = Path(model_path).expanduser() if model_path else None
+    if path and path.is_dir() and (not builder.checkpoint_is_folder or (path / TEXT_FILE).exists()):
+        return path
+    if path and not path.exists():
+        raise FileNotFoundError(
+            f'model_path {str(model_path)!r} does not exist: it must be a folder with {TEXT_FILE} and '
+            f'{IMAGE_FILE}, or {builder.checkpoint} to export'
+        )
+    return cached_export(spec, builder.locate(spec, model_path), dtype=dtype)
+

@@ -1,0 +1,129 @@
+"""The open_clip family: CLIP models built by open_clip, with its BPE tokenizer.
+
+Weights are a single file (an open_clip state dict, or OpenAI's TorchScript archive);
+see `clip_server.model.weights` for where it comes from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import zipfile
+from pathlib import Path
+
+import torch
+
+from clip_server.model.families.base import CONTEXT_LENGTH, FamilyBuilder, Tokenizer, Towers
+from clip_server.model.registry import ModelSpec
+from clip_server.model.torch_utils import rebuilt_buffers
+from clip_server.model.weights import locate_weights
+from clip_server.types import DType, Family
+
+
+def quick_gelu_for(spec: ModelSpec) -> bool:
+    """The activation the weights were trained with; open_clip only warns when it is wrong."""
+    import open_clip
+
+    return bool(spec.tag and open_clip.get_pretrained_cfg(spec.arch, spec.tag).get('quick_gelu', False))
+
+
+def create_open_clip_model(
+    spec: ModelSpec,
+    weights: str | os.PathLike | None,
+    *,
+    device: str = 'cpu',
+    dtype: DType = DType.FP32,
+    **overrides,
+) -> torch.nn.Module:
+    """The open_clip module for `spec` in eval mode, with `weights` loaded (strictly) when given.
+
+    `overrides` go to `open_clip.create_model` (a family's own text config, say). `device` is
+    taken as given: the factory has checked it.
+    """
+    import open_clip
+
+    archive = weights is not None and is_torchscript_archive(weights)
+    with _quiet_about_random_init() if archive else contextlib.nullcontext():
+        model = open_clip.create_model(
+            spec.arch,
+            pretrained=str(Path(weights)) if weights and not archive else None,
+            precision=DType(dtype).value,
+            device=device,
+            force_quick_gelu=quick_gelu_for(spec),
+            **overrides,
+        )
+    if archive:
+        model.load_state_dict(_archive_state_dict(weights, model), strict=True)
+    return model.eval()
+
+
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """OpenAI's own `.pt` files are TorchScript archives, which `torch.load(weights_only=True)` refuses."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith('/constants.pkl') for name in archive.namelist())
+
+
+def _archive_state_dict(path: str | os.PathLike, model: torch.nn.Module) -> dict:
+    """The archive's weights, less the scalars OpenAI stored beside them and the buffers that
+    the model rebuilds itself (a scripted module saves even its non-persistent ones)."""
+    state = torch.jit.load(str(path), map_location='cpu').state_dict()
+    for name in rebuilt_buffers(model) | {'input_resolution', 'context_length', 'vocab_size'}:
+        state.pop(name, None)
+    return state
+
+
+@contextlib.contextmanager
+def _quiet_about_random_init():
+    """open_clip warns that the model is random; the archive's weights are loaded right after."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith('No pretrained weights loaded')
+
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+class OpenCLIPText(torch.nn.Module):
+    """open_clip's text encoder under the towers' (input_ids, attention_mask) signature.
+
+    The mask is not needed: open_clip pools at the end-of-text token (the largest id), and
+    its `transformers` towers mask by their pad id themselves.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(input_ids)
+
+
+class OpenCLIPBuilder(FamilyBuilder):
+    family = Family.OPEN_CLIP
+    scriptable = True
+
+    def locate(self, spec: ModelSpec, model_path: str | os.PathLike | None) -> Path:
+        return locate_weights(spec, model_path)
+
+    def tokenizer(self, spec: ModelSpec, folder: str | os.PathLike | None) -> Tokenizer:
+        import open_clip
+
+        return open_clip.get_tokenizer(spec.arch, context_length=CONTEXT_LENGTH)
+
+    def create_model(
+        self, spec: ModelSpec, weights: str | os.PathLike | None, *, device: str = 'cpu', dtype: DType = DType.FP32
+    ) -> torch.nn.Module:
+        """The whole open_clip module (both towers in one), as open_clip builds it."""
+        return create_open_clip_model(spec, weights, device=device, dtype=dtype)
+
+    def towers(self, spec: ModelSpec, source: Path | None, *, device: str = 'cpu', dtype: DType = DType.FP32,
+               for_export: bool = False) -> Towers:
+        model = self.create_model(spec, source, device=device, dtype=dtype)
+        return Towers(OpenCLIPText(model), model.visual)

@@ -1,0 +1,1 @@
+"""Runtimes: torch, ONNX Runtime and TensorRT, each behind the `Encoder` interface."""

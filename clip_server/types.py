@@ -1,0 +1,151 @@
+"""Types every layer shares: model families, runtimes, dtypes, devices, errors, optional extras.
+
+Imports nothing else from the package, so any module may import it without a cycle.
+A decision about a dtype or a device is made here, once; which family runs on which
+runtime is decided in `clip_server.model.factory`.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import re
+from dataclasses import dataclass
+from types import ModuleType
+
+
+class ClipServerError(Exception):
+    """Every error this package raises on purpose; its message says what to do."""
+
+
+class InvalidInputError(ClipServerError, ValueError):
+    """Client content that cannot become model input; the message names the problem."""
+
+
+class UnknownModelError(ClipServerError, ValueError):
+    """The requested model name is neither in the registry nor known to open_clip."""
+
+
+class ConfigurationError(ClipServerError, ValueError):
+    """An executor parameter (dtype, device, an option) this server cannot honour."""
+
+
+class UnsupportedError(ClipServerError, NotImplementedError):
+    """A model family that a runtime cannot serve; refused before anything is downloaded."""
+
+
+class RuntimeUnavailableError(ClipServerError, RuntimeError):
+    """This machine lacks what a runtime needs (a package, a GPU)."""
+
+
+class WeightsUnavailableError(ClipServerError, RuntimeError):
+    """Model files are neither validly cached nor obtainable from their source."""
+
+
+class ModelFolderError(ClipServerError, ValueError):
+    """A folder of exported graphs that cannot be served; the message says what is wrong."""
+
+
+class MissingExtraError(ClipServerError, ImportError):
+    """An optional package is not installed; the message names the extra that brings it."""
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import an optional package, or fail naming the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module.partition('.')[0]:
+            raise  # the package is there but broken: its own error says more
+        raise MissingExtraError(
+            f'{module} is not installed; install it with: pip install "clip-server[{extra}]"'
+        ) from exc
+
+
+class Family(enum.StrEnum):
+    """How a model is built: which towers, tokenizer and checkpoint layout."""
+
+    OPEN_CLIP = 'open_clip'  # open_clip's own CLIP models (BPE tokenizer, fixed 77 tokens)
+    HF_TEXT = 'hf_text'  # open_clip models whose text tower is a `transformers` model
+    MCLIP = 'mclip'  # M-CLIP: a multilingual transformer trained into an open_clip image tower's space
+
+
+class Runtime(enum.StrEnum):
+    TORCH = 'torch'
+    ONNX = 'onnx'
+    TENSORRT = 'tensorrt'
+
+    @property
+    def label(self) -> str:
+        return _RUNTIME_LABELS[self]
+
+
+_RUNTIME_LABELS = {Runtime.TORCH: 'PyTorch', Runtime.ONNX: 'ONNX Runtime', Runtime.TENSORRT: 'TensorRT'}
+
+
+class DType(enum.StrEnum):
+    """The precision a model runs in; embeddings are always returned as float32."""
+
+    FP32 = 'fp32'
+    FP16 = 'fp16'
+    BF16 = 'bf16'
+
+
+# The dtypes each runtime runs, first the one it defaults to on a CPU.
+RUNTIME_DTYPES: dict[Runtime, tuple[DType, ...]] = {
+    Runtime.TORCH: (DType.FP32, DType.FP16, DType.BF16),
+    Runtime.ONNX: (DType.FP32, DType.FP16),
+    Runtime.TENSORRT: (DType.FP16, DType.FP32),
+}
+# Pairs that need a GPU: onnxruntime's CPU provider has few fp16 kernels (1.32 even crashes optimising them).
+GPU_ONLY_DTYPES = {(Runtime.ONNX, DType.FP16)}
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a model runs: `cpu`, or `cuda` with an optional GPU index."""
+
+    kind: str
+    index: int | None = None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.kind == 'cuda'
+
+    def __str__(self) -> str:
+        return self.kind if self.index is None else f'{self.kind}:{self.index}'
+
+
+CPU = Device('cpu')
+_DEVICE = re.compile(r'(cpu|cuda)(?::(\d+))?')
+
+
+def parse_device(value: str | Device) -> Device:
+    """`cpu`, `cuda` or `cuda:N`; anything else is refused with the accepted forms."""
+    if isinstance(value, Device):
+        return value
+    match = _DEVICE.fullmatch(str(value).strip().lower())
+    if not match or (match[1] == 'cpu' and match[2]):
+        raise ConfigurationError(f'device {value!r} is not a device name such as "cpu", "cuda" or "cuda:1"')
+    return Device(match[1], int(match[2]) if match[2] else None)
+
+
+def parse_dtype(value: str | DType | None, runtime: Runtime, device: Device | None = None) -> DType:
+    """`value` checked against what `runtime` runs (on `device`, when given); unset: fp16 on a
+    GPU, else fp32. Half precision pays off on a GPU; on a CPU it is slower and less exact.
+    """
+    supported = RUNTIME_DTYPES[runtime]
+    if value is None:
+        value = DType.FP16 if device and device.is_cuda else DType.FP32
+    try:
+        dtype = DType(value)
+    except ValueError:
+        dtype = None
+    if dtype not in supported:
+        names = ', '.join(d.value for d in supported)
+        raise ConfigurationError(f'dtype {value!r} is not one of {names} for the {runtime.label} runtime')
+    if device and (runtime, dtype) in GPU_ONLY_DTYPES and not device.is_cuda:
+        raise ConfigurationError(
+            f'dtype {dtype.value} needs device cuda with the {runtime.label} runtime; on CPU use dtype fp32'
+        )
+    return dtype

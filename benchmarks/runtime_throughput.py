@@ -6,6 +6,7 @@ Random weights: speed does not depend on their values, and none can be downloade
 """
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -13,19 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clip_server.model.openclip_model import OpenCLIPModel, create_open_clip_model
-from clip_server.model.preprocess import Preprocessor
+from clip_server.model.factory import EncoderOptions, build_encoder, builder_for, preprocessor
 from clip_server.model.registry import resolve
-
-
-def build(runtime: str, spec, weights: Path, device: str, scratch: Path):
-    if runtime == 'torch':
-        return OpenCLIPModel(spec, weights, device=device)
-    from clip_server.model.onnx_export import export_onnx
-    from clip_server.model.onnx_model import ONNXModel
-
-    folder = export_onnx(spec, weights, scratch / 'onnx')
-    return ONNXModel(folder, device=device, intra_op_threads=torch.get_num_threads(), image_size=spec.image_size)
+from clip_server.types import Runtime
 
 
 def per_second(encode, batch: np.ndarray, seconds: float) -> float:
@@ -47,17 +38,19 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = resolve(args.model)
-    preprocessor = Preprocessor(spec)
+    model_input = preprocessor(spec)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as scratch:
+        os.environ['CLIP_SERVER_CACHE'] = scratch  # exports go to the scratch folder, not the user's cache
         weights = Path(scratch) / 'weights.pt'
-        torch.save(create_open_clip_model(spec, None).state_dict(), weights)
+        torch.save(builder_for(spec).create_model(spec, None).state_dict(), weights)
         print(f'{spec.name}, {args.device}, {torch.get_num_threads()} threads')
         print(f'{"runtime":<8} {"batch":>5} {"texts/s":>9} {"images/s":>9}')
         for runtime in args.runtime:
-            model = build(runtime, spec, weights, args.device, Path(scratch))
+            options = EncoderOptions(model_path=weights, device=args.device, threads=torch.get_num_threads())
+            model = build_encoder(spec, Runtime(runtime), options)
             for size in args.batch:
-                tokens = preprocessor.tokenize([f'a photo of thing number {i}' for i in range(size)])
+                tokens = model_input.tokenize([f'a photo of thing number {i}' for i in range(size)])
                 pixels = rng.standard_normal((size, 3, spec.image_size, spec.image_size), dtype=np.float32)
                 texts = per_second(model.encode_text, tokens, args.seconds)
                 images = per_second(model.encode_image, pixels, args.seconds)

@@ -16,7 +16,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 import tiny_models  # noqa: F401  (the tiny image towers)
 from clip_server.model import registry
-from clip_server.model.registry import MCLIP, ModelSpec
+from clip_server.model.registry import ModelSpec
+from clip_server.types import Family
 
 CORPUS = [
     'a photo of a cat', 'a photo of a dog on the grass', 'ein Foto einer Katze', 'ein Hund auf der Wiese',
@@ -27,8 +28,8 @@ COMMIT = '0' * 40
 
 # Tiny M-CLIP models paired with the tiny ViT (32-d): one per kind of base transformer.
 TINY_MCLIP = {
-    'xlm-roberta': ModelSpec('M-CLIP/Tiny-XLMR-tiny-vit', 'tiny-vit', None, 32, 224, family=MCLIP),
-    'bert': ModelSpec('M-CLIP/Tiny-LaBSE-tiny-vit', 'tiny-vit', None, 32, 224, family=MCLIP),
+    'xlm-roberta': ModelSpec('M-CLIP/Tiny-XLMR-tiny-vit', 'tiny-vit', None, 32, 224, family=Family.MCLIP),
+    'bert': ModelSpec('M-CLIP/Tiny-LaBSE-tiny-vit', 'tiny-vit', None, 32, 224, family=Family.MCLIP),
 }
 for _spec in TINY_MCLIP.values():
     registry.register(_spec)

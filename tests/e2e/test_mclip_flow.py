@@ -13,9 +13,8 @@ from clip_client import Client
 from docarray import Document, DocumentArray
 
 import tiny_hf
-from clip_server.model.openclip_model import create_torch_model
-from clip_server.model.preprocess import Preprocessor
-from helpers import TESTS, Server, all_ready, encoded, flow_yaml, free_port, sample_image
+from clip_server.model.factory import preprocessor
+from helpers import TESTS, Server, all_ready, encoded, flow_yaml, free_port, sample_image, torch_encoder
 
 SPEC = tiny_hf.TINY_MCLIP['xlm-roberta']
 TEXTS = ['a photo of a dog', 'ein Foto einer Katze auf der Wiese', 'word ' * 100]
@@ -55,7 +54,7 @@ def servers(published):
 def in_process(published):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv('CLIP_SERVER_CACHE', str(published / 'cache'))
-        return Preprocessor(SPEC), create_torch_model(SPEC, published / 'image')
+        return preprocessor(SPEC), torch_encoder(SPEC, published / 'image')
 
 
 @pytest.mark.parametrize('runtime', ['torch', 'onnx'])

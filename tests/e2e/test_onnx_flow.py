@@ -10,7 +10,7 @@ import pytest
 from clip_client import Client
 from docarray import Document, DocumentArray
 
-from clip_server.model.onnx_export import export_onnx
+from clip_server.model.factory import export_onnx
 from clip_server.model.registry import resolve
 from helpers import (
     Server,

@@ -10,7 +10,7 @@ from docarray import Document, DocumentArray
 from PIL import Image
 
 from clip_server.executors.clip_torch import CLIPEncoder
-from clip_server.model.preprocess import InvalidInputError
+from clip_server.types import InvalidInputError
 from helpers import encoded, reference_image_embeddings, reference_text_embeddings, sample_image
 
 

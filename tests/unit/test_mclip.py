@@ -15,15 +15,16 @@ import torch
 
 import tiny_hf
 import tiny_models
-from clip_server.model.hf_text import TOKENIZER_EXTRAS, trim_padding
-from clip_server.model.mclip_model import MCLIPModel, create_mclip_text_tower, locate_mclip
-from clip_server.model.onnx_export import export_onnx, onnx_model_dir
-from clip_server.model.onnx_model import ONNXModel
-from clip_server.model.openclip_model import OpenCLIPModel, create_open_clip_model, create_torch_model
+from clip_server.model.factory import builder_for, export_onnx, onnx_model_dir
+from clip_server.model.factory import preprocessor as factory_preprocessor
+from clip_server.model.families.hf_text import TOKENIZER_EXTRAS
+from clip_server.model.families.mclip import create_mclip_text_tower, locate_mclip
 from clip_server.model.preprocess import Preprocessor
-from clip_server.model.registry import MCLIP, MODELS, resolve
-from clip_server.model.weights import WeightsUnavailableError
-from helpers import sample_image
+from clip_server.model.registry import MODELS, resolve
+from clip_server.model.runtimes.onnx_runtime import ONNXEncoder
+from clip_server.model.tokens import trim_padding
+from clip_server.types import Family, WeightsUnavailableError
+from helpers import sample_image, torch_encoder
 
 KINDS = list(tiny_hf.TINY_MCLIP)
 TEXTS = ['a photo of a cat', 'ein Foto einer Katze auf der Wiese', '', 'word ' * 100]
@@ -62,14 +63,14 @@ def models(hub):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv('CLIP_SERVER_CACHE', str(hub['cache']))
         return {
-            kind: (Preprocessor(spec), create_torch_model(spec, hub['image']))
+            kind: (factory_preprocessor(spec), torch_encoder(spec, hub['image']))
             for kind, spec in tiny_hf.TINY_MCLIP.items()
         }
 
 
-def reference_text(ref: dict, preprocessor: Preprocessor, texts: list[str]) -> np.ndarray:
+def reference_text(ref: dict, model_input: Preprocessor, texts: list[str]) -> np.ndarray:
     """M-CLIP's own recipe on the modules the checkpoint was saved from: pad to the longest, mean, project."""
-    tokenizer = preprocessor._tokenizer._tokenizer
+    tokenizer = model_input._tokenizer._tokenizer
     batch = tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors='pt')
     with torch.no_grad():
         hidden = ref['transformer'](**batch).last_hidden_state
@@ -91,7 +92,7 @@ def test_text_embeddings_follow_the_checkpoint(kind, models, hub):
 def test_truncation_keeps_the_end_token_and_padding_is_ignored(kind, models):
     preprocessor, model = models[kind]
     tokens = preprocessor.tokenize(TEXTS)
-    pad = model.pad_token_id
+    pad = preprocessor.pad_token_id
     assert tokens[3, -1] not in (pad, tokens[3, -2]) and (tokens[0] == pad).sum() > 60  # cut with </s>; padded
     ids, mask = trim_padding(tokens[:2], pad)
     assert ids.shape[1] == mask.sum(1).max() < 77
@@ -102,7 +103,7 @@ def test_truncation_keeps_the_end_token_and_padding_is_ignored(kind, models):
 
 def test_image_embeddings_come_from_the_paired_tower(models, reference, cache):
     _, model = models['xlm-roberta']
-    preprocessor = Preprocessor(tiny_hf.TINY_MCLIP['xlm-roberta'])
+    preprocessor = factory_preprocessor(tiny_hf.TINY_MCLIP['xlm-roberta'])
     images = [sample_image(seed) for seed in range(2)]
     ref_model, transform, _ = reference('tiny-vit')
     with torch.no_grad():
@@ -121,7 +122,7 @@ def test_onnx_equals_torch_with_a_dynamic_sequence(kind, models, hub, tmp_path):
     inputs = onnx.load(str(folder / 'textual.onnx')).graph.input
     assert [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in inputs] == [
         ['batch', 'sequence'], ['batch', 'sequence']]
-    onnx_model = ONNXModel(folder, intra_op_threads=1, image_size=spec.image_size)
+    onnx_model = ONNXEncoder(folder, threads=1, image_size=spec.image_size)
     for texts in (TEXTS[:1], TEXTS[:2], TEXTS):  # one length, padded, and 77 tokens
         tokens = preprocessor.tokenize(texts)
         np.testing.assert_allclose(onnx_model.encode_text(tokens), model.encode_text(tokens), atol=TOLERANCE)
@@ -140,9 +141,9 @@ def test_a_folder_made_elsewhere_masks_by_the_serving_tokenizer(models, hub, tmp
     del graph.metadata_props[:]
     onnx.save(graph, str(folder / 'textual.onnx'))
     tokens = preprocessor.tokenize(TEXTS[:2])  # padded: the mask matters
-    served = ONNXModel(folder, intra_op_threads=1, pad_token_id=preprocessor.pad_token_id).encode_text(tokens)
+    served = ONNXEncoder(folder, threads=1, pad_token_id=preprocessor.pad_token_id).encode_text(tokens)
     np.testing.assert_allclose(served, model.encode_text(tokens), atol=TOLERANCE)
-    unmasked = ONNXModel(folder, intra_op_threads=1).encode_text(tokens)  # CLIP's rule: wrong here
+    unmasked = ONNXEncoder(folder, threads=1).encode_text(tokens)  # CLIP's rule: wrong here
     assert np.abs(unmasked - served).max() > 1e-3
 
 
@@ -155,9 +156,9 @@ def test_a_local_folder_serves_with_no_hub_at_all(hub, models, tmp_path, monkeyp
     config = json.loads((folder / 'config.json').read_text())
     (folder / 'config.json').write_text(json.dumps({**config, 'modelBase': 'base'}))
     spec = tiny_hf.TINY_MCLIP['xlm-roberta']
-    tokens = Preprocessor(spec, folder).tokenize(TEXTS)
+    tokens = factory_preprocessor(spec, folder).tokenize(TEXTS)
     np.testing.assert_array_equal(tokens, models['xlm-roberta'][0].tokenize(TEXTS))
-    local = create_torch_model(spec, folder)
+    local = torch_encoder(spec, folder)
     np.testing.assert_allclose(local.encode_text(tokens), models['xlm-roberta'][1].encode_text(tokens), atol=1e-6)
     assert onnx_model_dir(spec, folder).parent.parent.name == 'onnx'  # a checkpoint folder gets exported
     assert not (tmp_path / 'empty-cache' / 'models--M-CLIP--Tiny-XLMR-tiny-vit').exists()
@@ -168,16 +169,14 @@ def test_offline_without_the_files_names_the_missing_file(tmp_path, monkeypatch)
     with pytest.raises(WeightsUnavailableError, match=r'M-CLIP/XLM-Roberta-Large-Vit-B-32/config\.json.*offline'):
         locate_mclip(resolve('M-CLIP/XLM-Roberta-Large-Vit-B-32'))
     with pytest.raises(WeightsUnavailableError, match=r'M-CLIP/LABSE-Vit-L-14/tokenizer\.json'):
-        Preprocessor(resolve('M-CLIP/LABSE-Vit-L-14'))
+        factory_preprocessor(resolve('M-CLIP/LABSE-Vit-L-14'))
     with pytest.raises(FileNotFoundError, match='is not a folder'):
         locate_mclip(resolve('M-CLIP/LABSE-Vit-L-14'), tmp_path / 'nothing')
     with pytest.raises(ValueError, match='jit is not supported'):
-        create_torch_model(resolve('M-CLIP/LABSE-Vit-L-14'), jit=True)
-    with pytest.raises(ValueError, match='not an open_clip one'):
-        OpenCLIPModel(resolve('M-CLIP/LABSE-Vit-L-14'), None)
+        torch_encoder(resolve('M-CLIP/LABSE-Vit-L-14'), None, jit=True)
 
 
-@pytest.mark.parametrize('spec', [s for s in MODELS if s.family == MCLIP], ids=lambda s: s.name)
+@pytest.mark.parametrize('spec', [s for s in MODELS if s.family == Family.MCLIP], ids=lambda s: s.name)
 def test_every_mclip_name_builds(spec, tmp_path, monkeypatch):
     """Tiny text towers under the real names (embedding into the real size); the image tower's
     architecture built without memory, on the meta device."""
@@ -189,7 +188,7 @@ def test_every_mclip_name_builds(spec, tmp_path, monkeypatch):
     tiny_hf.publish(tmp_path / 'cache', base, tmp_path / 'base')
     (tmp_path / 'image').mkdir()
     (tmp_path / 'image' / 'open_clip_pytorch_model.bin').touch()  # never loaded here
-    tokens = Preprocessor(spec).tokenize(['Älgen är skogens konung!'])
+    tokens = factory_preprocessor(spec).tokenize(['Älgen är skogens konung!'])
     tower = create_mclip_text_tower(locate_mclip(spec, tmp_path / 'image'))
     with torch.no_grad():
         assert tower(torch.from_numpy(tokens[:, :12]), torch.ones(1, 12, dtype=torch.long)).shape == (1, spec.dim)
@@ -214,10 +213,10 @@ def hf_text_cache(tmp_path, monkeypatch):
 @pytest.mark.parametrize('arch', list(HF_TEXT_ARCHS))
 def test_every_hf_text_name_builds_from_our_cache(arch, hf_text_cache):
     spec = next(s for s in MODELS if s.arch == arch)
-    tokens = Preprocessor(spec).tokenize(['ein Foto einer Katze', 'a cat'])
+    tokens = factory_preprocessor(spec).tokenize(['ein Foto einer Katze', 'a cat'])
     assert tokens.shape == (2, 77) and tokens[0, 0] == 0 and tokens[0, -1] == 1  # <s> ... <pad>
     with torch.device('meta'):
-        model = create_open_clip_model(spec, None, device='meta')
+        model = builder_for(spec).create_model(spec, None, device='meta')
     assert model.text.config.hidden_size == tiny_hf.WIDTH and model.visual.output_dim == spec.dim
 
 
@@ -230,9 +229,9 @@ def test_an_hf_text_model_runs_on_torch_and_onnx(hf_text_cache, tmp_path):
     open_clip.add_model_config(tmp_path / 'configs')
     spec = resolve('tiny-hf-text')
     torch.manual_seed(0)
-    torch.save(create_open_clip_model(spec, None).state_dict(), tmp_path / 'weights.pt')
-    model = OpenCLIPModel(spec, tmp_path / 'weights.pt')
-    tokens = Preprocessor(spec).tokenize(TEXTS)
-    onnx_model = ONNXModel(export_onnx(spec, tmp_path / 'weights.pt', tmp_path / 'onnx'), intra_op_threads=1)
+    torch.save(builder_for(spec).create_model(spec, None).state_dict(), tmp_path / 'weights.pt')
+    model = torch_encoder(spec, tmp_path / 'weights.pt')
+    tokens = factory_preprocessor(spec).tokenize(TEXTS)
+    onnx_model = ONNXEncoder(export_onnx(spec, tmp_path / 'weights.pt', tmp_path / 'onnx'), threads=1)
     np.testing.assert_allclose(onnx_model.encode_text(tokens), model.encode_text(tokens), atol=TOLERANCE)
     np.testing.assert_allclose(model.encode_text(tokens[:1]), model.encode_text(tokens)[:1], atol=1e-5)

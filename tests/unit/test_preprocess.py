@@ -5,14 +5,10 @@ import open_clip
 import pytest
 from PIL import Image
 
-from clip_server.model.preprocess import (
-    InvalidInputError,
-    Preprocessor,
-    bytes_from_data_uri,
-    image_from_array,
-    image_from_bytes,
-)
+from clip_server.executors.content import bytes_from_data_uri, image_from_array, image_from_bytes
+from clip_server.model.factory import preprocessor as model_preprocessor
 from clip_server.model.registry import resolve
+from clip_server.types import InvalidInputError
 from helpers import encoded, sample_image
 
 EOT = 49407
@@ -20,7 +16,7 @@ EOT = 49407
 
 @pytest.fixture(scope='module')
 def preprocessor():
-    return Preprocessor(resolve('ViT-B-32::openai'))
+    return model_preprocessor(resolve('ViT-B-32::openai'))
 
 
 @pytest.fixture(scope='module')
@@ -60,7 +56,7 @@ def test_one_pixel_image(preprocessor):
 
 
 def test_each_model_uses_its_own_image_size():
-    pixels = Preprocessor(resolve('RN50x4::openai')).pixels(sample_image())
+    pixels = model_preprocessor(resolve('RN50x4::openai')).pixels(sample_image())
     assert pixels.shape == (3, 288, 288)
 
 

@@ -1,7 +1,8 @@
 import open_clip
 import pytest
 
-from clip_server.model.registry import ALIASES, MCLIP, MODELS, UnknownModelError, known_names, resolve
+from clip_server.model.registry import ALIASES, MODELS, known_names, resolve
+from clip_server.types import Family, UnknownModelError
 
 # The documented table: every name users may write, with the dimension their vectors have.
 SEED_TABLE = {
@@ -23,7 +24,7 @@ def test_every_documented_name_resolves_with_its_dimension(name, dim):
     assert resolve(name).dim == dim
 
 
-@pytest.mark.parametrize('spec', [s for s in MODELS if s.family != MCLIP], ids=lambda s: s.name)
+@pytest.mark.parametrize('spec', [s for s in MODELS if s.family != Family.MCLIP], ids=lambda s: s.name)
 def test_table_agrees_with_open_clip(spec):
     config = open_clip.get_model_config(spec.arch)
     assert config['embed_dim'] == spec.dim
@@ -31,7 +32,7 @@ def test_table_agrees_with_open_clip(spec):
     assert open_clip.get_pretrained_cfg(spec.arch, spec.tag), f'open_clip has no pretrained tag {spec.tag}'
 
 
-@pytest.mark.parametrize('spec', [s for s in MODELS if s.family == MCLIP], ids=lambda s: s.name)
+@pytest.mark.parametrize('spec', [s for s in MODELS if s.family == Family.MCLIP], ids=lambda s: s.name)
 def test_mclip_image_towers_exist_in_open_clip(spec):
     assert open_clip.get_model_config(spec.arch)['embed_dim'] == spec.dim
     assert open_clip.get_pretrained_cfg(spec.arch, spec.tag)
@@ -74,9 +75,41 @@ def test_known_names_lists_table_first_without_duplicates():
     assert len(names) == len(set(names))
 
 
-def test_register_makes_a_new_name_servable():
-    from clip_server.model.registry import ModelSpec, register
+@pytest.fixture
+def registered():
+    """A name registered for one test, and forgotten after it."""
+    from clip_server.model.registry import ModelSpec, register, unregister
 
     spec = ModelSpec('my-finetune::v1', 'tiny-vit', None, 32, 224)
     register(spec)
-    assert resolve('My-Finetune::V1') == spec
+    yield spec
+    unregister(spec.name)
+    with pytest.raises(UnknownModelError):
+        resolve(spec.name)
+
+
+def test_register_makes_a_new_name_servable(registered):
+    assert resolve('My-Finetune::V1') == registered
+    assert registered.name in known_names()
+
+
+def test_registered_names_are_suggested(registered):
+    with pytest.raises(UnknownModelError, match='my-finetune::v1'):
+        resolve('my-finetune::v2')
+
+
+def test_names_are_canonical_whatever_the_spelling():
+    """Caches are keyed by the name: `datacomp-xl` and `datacomp_xl` must be one model."""
+    dashes, underscores = resolve('ViT-B-16::datacomp-xl-s13b-b90k'), resolve('vit-b-16::DATACOMP_XL_S13B_B90K')
+    assert dashes == underscores and dashes.name == 'ViT-B-16::datacomp_xl_s13b_b90k'
+    assert resolve('TINY-VIT').name == 'tiny-vit'
+
+
+def test_families_follow_the_text_tower():
+    assert resolve('xlm-roberta-base-ViT-B-32::laion5b-s13b-b90k').family is Family.HF_TEXT
+    assert resolve('roberta-ViT-B-32::laion2b_s12b_b32k').family is Family.HF_TEXT
+    assert resolve('ViT-B-32::openai').family is Family.OPEN_CLIP
+    for spec in MODELS:
+        if spec.family is not Family.MCLIP:
+            has_hf_text = 'hf_model_name' in open_clip.get_model_config(spec.arch)['text_cfg']
+            assert (spec.family is Family.HF_TEXT) == has_hf_text, spec.name

@@ -6,7 +6,13 @@ import sys
 import numpy as np
 import pytest
 
-from clip_server.model.tensorrt_model import EngineKey, missing_pieces, onnx_sha256, profile_shapes, require_tensorrt
+from clip_server.model.runtimes.tensorrt_runtime import (
+    EngineKey,
+    missing_pieces,
+    onnx_sha256,
+    profile_shapes,
+    require_tensorrt,
+)
 
 MISSING = missing_pieces()
 needs_gpu = pytest.mark.skipif(bool(MISSING), reason=f'TensorRT needs {" and ".join(MISSING)}')
@@ -14,7 +20,7 @@ needs_gpu = pytest.mark.skipif(bool(MISSING), reason=f'TensorRT needs {" and ".j
 
 def test_importing_the_runtime_needs_neither_tensorrt_nor_a_gpu():
     code = (
-        'import sys, clip_server.executors.clip_tensorrt, clip_server.model.tensorrt_model; '
+        'import sys, clip_server.executors.clip_tensorrt, clip_server.model.runtimes.tensorrt_runtime; '
         'print("tensorrt" in sys.modules, "pycuda" in sys.modules)'
     )
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, check=True)
@@ -69,12 +75,11 @@ def test_onnx_digest_follows_the_files(tmp_path):
 def test_tensorrt_matches_pytorch(tmp_path, monkeypatch, tiny_weights, dtype, tolerance):
     """fp16 tolerance: relative to the embedding norm, half precision keeps ~3 decimal digits per layer."""
     from clip_server.executors.clip_tensorrt import CLIPEncoder
-    from clip_server.model.openclip_model import OpenCLIPModel
-    from helpers import sample_image
+    from helpers import sample_image, torch_encoder
 
     monkeypatch.setenv('CLIP_SERVER_CACHE', str(tmp_path))
     encoder = CLIPEncoder(name='tiny-vit', model_path=str(tiny_weights['tiny-vit']), dtype=dtype, minibatch_size=4)
-    reference = OpenCLIPModel(encoder.spec, tiny_weights['tiny-vit'])
+    reference = torch_encoder(encoder.spec, tiny_weights['tiny-vit'], device='cpu', dtype='fp32')
     tokens = encoder.preprocessor.tokenize(['a dog', 'ein Hund', 'x'])
     pixels = np.stack([encoder.preprocessor.pixels(sample_image(seed)) for seed in range(3)])
     for served, expected in ((encoder.model.encode_text(tokens), reference.encode_text(tokens)),
@@ -110,8 +115,9 @@ def test_engines_are_built_once_and_reused(tmp_path, monkeypatch, tiny_weights):
 
 def test_mclip_is_refused_before_anything_is_fetched(monkeypatch):
     """Even where TensorRT runs (its check passes here by fiat), M-CLIP is refused first, offline."""
-    from clip_server.executors import clip_tensorrt
+    from clip_server.executors.clip_tensorrt import CLIPEncoder
+    from clip_server.model.runtimes import tensorrt_runtime
 
-    monkeypatch.setattr(clip_tensorrt, 'require_tensorrt', lambda: None)
+    monkeypatch.setattr(tensorrt_runtime, 'require_tensorrt', lambda: None)
     with pytest.raises(NotImplementedError, match='serve it with PyTorch or ONNX'):
-        clip_tensorrt.CLIPEncoder(name='M-CLIP/XLM-Roberta-Large-Vit-B-32')
+        CLIPEncoder(name='M-CLIP/XLM-Roberta-Large-Vit-B-32')

@@ -19,8 +19,8 @@ import pytest
 from huggingface_hub import constants as hf_constants
 
 from clip_server.model import weights
+from clip_server.types import WeightsUnavailableError
 from clip_server.model.weights import (
-    WeightsUnavailableError,
     cache_dir,
     fetch_hf_file,
     fetch_open_clip_weights,

@@ -1,0 +1,85 @@
+"""The package's shape, checked: layers import downwards only, and family/dtype decisions live in one place."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / 'clip_server'
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix('').parts
+    return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+
+MODULES = {module_name(path): path for path in PACKAGE.rglob('*.py')}
+TREES = {name: ast.parse(path.read_text(encoding='utf-8')) for name, path in MODULES.items()}
+
+
+def imports(name: str) -> set[str]:
+    """Every module `name` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(TREES[name]):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f'{node.module}.{alias.name}' for alias in node.names)  # `from pkg import module`
+    return found
+
+
+def package_imports(name: str) -> set[str]:
+    return {target for target in imports(name) if target in MODULES and target != name}
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = {name: package_imports(name) - {'clip_server'} for name in MODULES}
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            pytest.fail(f'import cycle: {" -> ".join(path[path.index(name):] + [name])}')
+        if name in done:
+            return
+        for target in graph[name]:
+            visit(target, path + [name])
+        done.add(name)
+
+    for name in graph:
+        visit(name, [])
+
+
+@pytest.mark.parametrize('name', sorted(n for n in MODULES if n.startswith('clip_server.model')))
+def test_the_model_layer_imports_neither_serving_nor_executors(name):
+    banned = {'jina', 'docarray', 'clip_server.executors', 'clip_server.flow_config', 'clip_server.__main__'}
+    found = {target for target in imports(name) for ban in banned if target == ban or target.startswith(ban + '.')}
+    assert not found, f'{name} imports {sorted(found)}'
+
+
+def test_shared_types_import_nothing_of_the_package():
+    assert not {t for t in imports('clip_server.types') if t.startswith('clip_server')}
+
+
+def _compared_names(tree: ast.AST) -> list[str]:
+    """Attribute names and string constants that take part in a comparison (==, !=, is, in)."""
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            for side in [node.left, *node.comparators]:
+                if isinstance(side, ast.Attribute):
+                    names.append(side.attr)
+                elif isinstance(side, ast.Constant) and isinstance(side.value, str):
+                    names.append(side.value)
+    return names
+
+
+@pytest.mark.parametrize('name', sorted(MODULES))
+def test_family_and_dtype_are_not_compared_outside_the_tables(name):
+    """Which family runs where is the factory's table; which dtype a runtime runs is types.py's."""
+    compared = _compared_names(TREES[name])
+    assert 'family' not in compared, f'{name} compares a model family; ask the factory table instead'
+    strings = {'fp32', 'fp16', 'bf16', 'open_clip', 'mclip', 'hf_text'} & set(compared)
+    assert not strings, f'{name} compares {sorted(strings)} as strings; use clip_server.types'

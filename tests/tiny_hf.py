@@ -20,8 +20,14 @@ from clip_server.model.registry import ModelSpec
 from clip_server.types import Family
 
 CORPUS = [
-    'a photo of a cat', 'a photo of a dog on the grass', 'ein Foto einer Katze', 'ein Hund auf der Wiese',
-    'hello world', 'das ist ein schönes Bild', 'une photo d\'un chat', 'two people riding bikes',
+    'a photo of a cat',
+    'a photo of a dog on the grass',
+    'ein Foto einer Katze',
+    'ein Hund auf der Wiese',
+    'hello world',
+    'das ist ein schönes Bild',
+    "une photo d'un chat",
+    'two people riding bikes',
 ]
 WIDTH = 32  # the tiny transformers' hidden size
 COMMIT = '0' * 40
@@ -69,7 +75,7 @@ def save_tokenizer(kind: str, folder: Path) -> int:
     names = ('[CLS]', '[SEP]', '[PAD]', '[UNK]', '[MASK]') if bert else ('<s>', '</s>', '<pad>', '<unk>', '<mask>')
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=_tokenizer(kind),
-        **dict(zip(('cls_token', 'sep_token', 'pad_token', 'unk_token', 'mask_token'), names)),
+        **dict(zip(('cls_token', 'sep_token', 'pad_token', 'unk_token', 'mask_token'), names, strict=True)),
     )
     tokenizer.save_pretrained(str(folder))
     return tokenizer.pad_token_id
@@ -80,7 +86,10 @@ def base_config(kind: str, vocab_size: int = 300) -> dict:
     from transformers import BertConfig, XLMRobertaConfig
 
     common = dict(
-        vocab_size=vocab_size, hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=2,
+        vocab_size=vocab_size,
+        hidden_size=WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=2,
         intermediate_size=64,
     )
     if kind == 'bert':
@@ -110,8 +119,11 @@ def write_mclip_checkpoint(kind: str, folder: Path, model_base: str, dim: int = 
     state.update({f'LinearTransformation.{key}': value for key, value in projection.state_dict().items()})
     torch.save(state, folder / 'pytorch_model.bin')
     mclip = {
-        'architectures': ['MultilingualCLIP'], 'model_type': 'M-CLIP', 'modelBase': model_base,
-        'transformerDimensions': WIDTH, 'numDims': dim,
+        'architectures': ['MultilingualCLIP'],
+        'model_type': 'M-CLIP',
+        'modelBase': model_base,
+        'transformerDimensions': WIDTH,
+        'numDims': dim,
     }
     (folder / 'config.json').write_text(json.dumps(mclip))
     return {'transformer': transformer, 'projection': projection, 'config': config}

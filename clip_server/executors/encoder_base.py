@@ -174,7 +174,7 @@ class CLIPEncoderBase(Executor):
         for batch, inputs in self._prefetched(minibatches(docs, self.minibatch_size), prepare):
             with self.monitor(f'encode_{kind}_seconds'):
                 embeddings = encode(np.stack(inputs))
-            for doc, embedding in zip(batch, embeddings):
+            for doc, embedding in zip(batch, embeddings, strict=True):
                 doc.embedding = embedding
 
     def _prefetched(

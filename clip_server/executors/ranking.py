@@ -30,7 +30,7 @@ def rank_matches(query: Document) -> None:
     embeddings = np.stack([m.embedding for m in matches]).astype(np.float64)
     cosine = cosine_similarity(np.asarray(query.embedding, dtype=np.float64), embeddings)
     probability = softmax(LOGIT_SCALE * cosine)
-    for match, prob, cos in zip(matches, probability, cosine):
+    for match, prob, cos in zip(matches, probability, cosine, strict=True):
         match.scores['clip_score'] = NamedScore(value=float(prob), op_name='softmax', ref_id=query.id)
         match.scores['clip_score_cosine'] = NamedScore(value=float(cos), op_name='cosine', ref_id=query.id)
         match.embedding = None

@@ -123,7 +123,9 @@ def _torch(spec: ModelSpec, builder: FamilyBuilder, options: EncoderOptions, _: 
     device = usable_device(options.device) if options.device else default_device()
     dtype = parse_dtype(options.dtype, Runtime.TORCH, device)
     if options.jit and not builder.scriptable:
-        raise ConfigurationError(f'jit is not supported for {spec.name}: its transformers text tower cannot be scripted')
+        raise ConfigurationError(
+            f'jit is not supported for {spec.name}: its transformers text tower cannot be scripted'
+        )
     towers = builder.towers(spec, builder.locate(spec, options.model_path), device=str(device), dtype=dtype)
     return TorchEncoder(towers, dim=spec.dim, device=device, dtype=dtype, jit=options.jit, threads=options.threads)
 
@@ -186,8 +188,9 @@ def export_onnx(
     # Real-looking texts of different lengths, so the padding paths are traced too.
     tokens = preprocessor(spec, builder.source_folder(source)).tokenize(['a photo of a cat', ''])
     towers = builder.towers(spec, source, device=device, for_export=True)
-    return export_towers(towers, tokens, spec.image_size, folder, dtype=dtype, external_data=external_data,
-                         name=spec.name)
+    return export_towers(
+        towers, tokens, spec.image_size, folder, dtype=dtype, external_data=external_data, name=spec.name
+    )
 
 
 def cached_export(spec: ModelSpec, source: Any, *, dtype: str = DType.FP32) -> Path:
@@ -216,4 +219,3 @@ def onnx_model_dir(spec: ModelSpec, model_path: str | os.PathLike | None = None,
             f'{IMAGE_FILE}, or {builder.checkpoint} to export'
         )
     return cached_export(spec, builder.locate(spec, model_path), dtype=dtype)
-

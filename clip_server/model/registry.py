@@ -161,6 +161,4 @@ def resolve(name: str) -> ModelSpec:
     candidates = known_names()
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
     hint = f' Closest names: {", ".join(close)}.' if close else ''
-    raise UnknownModelError(
-        f'Unknown model name {name!r}.{hint} docs/models.md lists every supported name.'
-    )
+    raise UnknownModelError(f'Unknown model name {name!r}.{hint} docs/models.md lists every supported name.')

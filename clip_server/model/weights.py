@@ -19,9 +19,10 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import httpx2
@@ -54,7 +55,7 @@ def _unavailable(source: str, looked_in: Path, reason: str) -> WeightsUnavailabl
         f'Cannot get {source}: {reason}. '
         f'No valid copy was found in the cache at {looked_in}. '
         'Restore network access (and unset HF_HUB_OFFLINE) to download it, copy a filled cache '
-        'folder from another machine, or set the executor\'s `model_path` (under `uses: with:` '
+        "folder from another machine, or set the executor's `model_path` (under `uses: with:` "
         'in the Flow YAML) to a local copy.'
     )
 
@@ -282,9 +283,10 @@ def _download(url: str, target: Path, expected_sha256: str | None) -> None:
         incomplete = target.with_name(f'{target.name}.{uuid.uuid4().hex[:8]}.incomplete')
         try:
             digest = hashlib.sha256()
-            with open(incomplete, 'xb') as out, tqdm(
-                total=total, unit='B', unit_scale=True, unit_divisor=1024, desc=target.name
-            ) as progress:
+            with (
+                open(incomplete, 'xb') as out,
+                tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024, desc=target.name) as progress,
+            ):
                 for chunk in response.iter_content(chunk_size=_CHUNK_BYTES):
                     out.write(chunk)
                     digest.update(chunk)

@@ -18,23 +18,10 @@ from docarray import Document, DocumentArray
 from jina import Client
 
 from clip_server.__main__ import BUNDLED_FLOWS, bundled_flow
+from helpers import REPO, free_port, server_env
 
-REPO = Path(__file__).resolve().parents[2]
 ECHO = Path(__file__).with_name('echo_executor.py')
-ENV = {
-    **os.environ,
-    'JINA_OPTOUT_TELEMETRY': '1',
-    'NO_VERSION_CHECK': '1',
-    'HF_HUB_OFFLINE': '1',
-    'JINA_HIDE_SURVEY': '1',
-    'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')])),
-}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+ENV = server_env({'JINA_HIDE_SURVEY': '1'})
 
 
 def flow_yaml(port: int, jtype: str = 'Echo', module: str = str(ECHO), with_: str = '{}') -> str:
@@ -58,7 +45,11 @@ def cli(*args: str, stdin=None, log_dir: Path) -> subprocess.Popen:
     with open(log_dir / 'stdout.log', 'wb') as out, open(log_dir / 'stderr.log', 'wb') as err:
         return subprocess.Popen(
             [sys.executable, '-m', 'clip_server', *args],
-            cwd=log_dir, env=ENV, stdin=stdin, stdout=out, stderr=err,
+            cwd=log_dir,
+            env=ENV,
+            stdin=stdin,
+            stdout=out,
+            stderr=err,
         )
 
 
@@ -139,7 +130,11 @@ def test_bundled_names_are_files_inside_the_package():
 def test_help_prints_usage(tmp_path):
     process = subprocess.run(
         [sys.executable, '-m', 'clip_server', '-h'],
-        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert process.returncode == 0
     assert process.stdout.startswith('usage: clip_server')

@@ -13,37 +13,25 @@ import requests
 from clip_client import Client
 from docarray import Document
 
-from helpers import REPO, TESTS, encoded, free_port, sample_image, start_server
+from helpers import REPO, encoded, flow_yaml, free_port, sample_image, start_server
 
 DASHBOARD = REPO / 'docs' / 'grafana-dashboard.json'
-ENCODER_METRICS = ['preprocess_texts_seconds', 'preprocess_images_seconds', 'encode_texts_seconds', 'encode_images_seconds']
+ENCODER_METRICS = [
+    'preprocess_texts_seconds',
+    'preprocess_images_seconds',
+    'encode_texts_seconds',
+    'encode_images_seconds',
+]
 SELECTOR = re.compile(r'\b(jina_\w+)(\{[^}]*\})?')
 
 
 def flow_with_monitoring(port: int, gateway_metrics: int, executor_metrics: int, weights) -> str:
-    return f"""jtype: Flow
-version: '1'
-with:
-  port: {port}
-  host: 127.0.0.1
-  monitoring: true
-  port_monitoring: {gateway_metrics}
-executors:
-  - name: clip
-    timeout_ready: 120000
-    monitoring: true
-    port_monitoring: {executor_metrics}
-    uses:
-      jtype: CLIPEncoder
-      with:
-        name: tiny-vit
-        model_path: {weights}
-        minibatch_size: 2
-      metas:
-        py_modules:
-          - {TESTS / 'tiny_models.py'}
-          - clip_server.executors.clip_torch
-"""
+    return flow_yaml(
+        port,
+        with_params={'name': 'tiny-vit', 'model_path': str(weights), 'minibatch_size': 2},
+        flow_extra=f'\n  monitoring: true\n  port_monitoring: {gateway_metrics}',
+        executor_extra=f'\n    monitoring: true\n    port_monitoring: {executor_metrics}',
+    )
 
 
 def metric_names(scrape: str) -> set[str]:

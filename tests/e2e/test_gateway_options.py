@@ -16,7 +16,8 @@ TOLERANCE = 1e-4
 def server(tiny_weights, tmp_path_factory):
     ports = {'http': free_port(), 'websocket': free_port()}
     yaml_text = flow_yaml(
-        list(ports.values()), protocol=list(ports),
+        list(ports.values()),
+        protocol=list(ports),
         with_params={'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit'])},
     ).replace('  host: 127.0.0.1\n', '  host: 127.0.0.1\n  cors: true\n  prefetch: 2\n', 1)
     running = start_server(tmp_path_factory.mktemp('gateway'), yaml_text, ports['http'], protocol='http')
@@ -28,8 +29,11 @@ def server(tiny_weights, tmp_path_factory):
 def test_cors_preflight_is_allowed(server):
     response = requests.options(
         f'http://127.0.0.1:{server.ports["http"]}/post',
-        headers={'Origin': ORIGIN, 'Access-Control-Request-Method': 'POST',
-                 'Access-Control-Request-Headers': 'content-type'},
+        headers={
+            'Origin': ORIGIN,
+            'Access-Control-Request-Method': 'POST',
+            'Access-Control-Request-Headers': 'content-type',
+        },
         timeout=30,
     )
     assert response.status_code == 200
@@ -39,8 +43,10 @@ def test_cors_preflight_is_allowed(server):
 
 def test_cross_origin_post_gets_embeddings_and_the_cors_header(server, reference):
     response = requests.post(
-        f'http://127.0.0.1:{server.ports["http"]}/post', headers={'Origin': ORIGIN},
-        json={'execEndpoint': '/encode', 'data': [{'text': 'from a browser'}]}, timeout=60,
+        f'http://127.0.0.1:{server.ports["http"]}/post',
+        headers={'Origin': ORIGIN},
+        json={'execEndpoint': '/encode', 'data': [{'text': 'from a browser'}]},
+        timeout=60,
     )
     assert response.status_code == 200
     assert response.headers['access-control-allow-origin'] in ('*', ORIGIN)

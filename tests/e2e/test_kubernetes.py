@@ -47,7 +47,11 @@ def test_export_names_the_image_and_the_executor(bundled, tmp_path):
     (tmp_path / 'k8s-flow.yml').write_text(containerized(bundled, image))
     done = subprocess.run(
         [str(Path(sys.executable).with_name('jina')), 'export', 'kubernetes', 'k8s-flow.yml', 'k8s'],
-        cwd=tmp_path, env=server_env({'JINA_GATEWAY_IMAGE': image}), capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=server_env({'JINA_GATEWAY_IMAGE': image}),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 

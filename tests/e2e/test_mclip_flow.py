@@ -43,7 +43,9 @@ def servers(published):
         params = {'name': SPEC.name, 'model_path': str(published / 'image')}
         yaml = flow_yaml(port, module=f'clip_server.executors.clip_{runtime}', with_params=params)
         tiny_models = f'- {TESTS / "tiny_models.py"}'
-        (folder / 'flow.yml').write_text(yaml.replace(tiny_models, f'{tiny_models}\n          - {TESTS / "tiny_hf.py"}'))
+        (folder / 'flow.yml').write_text(
+            yaml.replace(tiny_models, f'{tiny_models}\n          - {TESTS / "tiny_hf.py"}')
+        )
         env = {'CLIP_SERVER_CACHE': str(published / 'cache'), 'PYTHONPATH': str(TESTS)}
         running[runtime] = Server(folder / 'flow.yml', port, env=env)
     with all_ready(running):

@@ -72,11 +72,14 @@ def test_weights_are_exported_at_start_and_served(servers, reference):
 
 def test_rank(servers):
     image = sample_image(4)
-    query = Document(blob=encoded(image), matches=[
-        Document(text='a caption'),
-        Document(id='same', tensor=np.asarray(image)),
-        Document(blob=encoded(sample_image(5))),
-    ])
+    query = Document(
+        blob=encoded(image),
+        matches=[
+            Document(text='a caption'),
+            Document(id='same', tensor=np.asarray(image)),
+            Document(blob=encoded(sample_image(5))),
+        ],
+    )
     ranked = Client(servers['weights'].address).rank([query])[0].matches
     assert ranked[0].id == 'same'
     assert ranked[0].scores['clip_score_cosine'].value == pytest.approx(1.0, abs=1e-4)

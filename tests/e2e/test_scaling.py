@@ -81,7 +81,9 @@ def test_debug_log_level_is_respected(two_replicas):
 def test_round_robin_devices(tiny_weights, tmp_path, visible, expected):
     port = free_port()
     server = start_server(
-        tmp_path, replicated_flow(tiny_weights, tmp_path, port, 5), port,
+        tmp_path,
+        replicated_flow(tiny_weights, tmp_path, port, 5),
+        port,
         env={'CUDA_VISIBLE_DEVICES': visible, 'CUDA_TOTAL_DEVICES': '3'},
     )
     try:

@@ -38,7 +38,7 @@ def server(tiny_weights, tmp_path_factory):
         executor_extra=f'\n    monitoring: true\n    port_monitoring: {monitoring_port}',
     )
     running = start_server(tmp_path_factory.mktemp('serving'), yaml_text, ports[0])
-    running.ports = dict(zip(PROTOCOLS, ports))
+    running.ports = dict(zip(PROTOCOLS, ports, strict=True))
     running.monitoring_port = monitoring_port
     yield running
     running.stop()
@@ -93,11 +93,14 @@ def test_mixed_list_of_strings_and_generator(server, model, protocol, tmp_path):
 @pytest.mark.parametrize('protocol', ['grpc', 'websocket'])
 def test_rank(server, protocol):
     image = sample_image(4)
-    query = Document(blob=encoded(image), matches=[
-        Document(text='a caption'),
-        Document(id='same', tensor=np.asarray(image)),
-        Document(blob=encoded(sample_image(5))),
-    ])
+    query = Document(
+        blob=encoded(image),
+        matches=[
+            Document(text='a caption'),
+            Document(id='same', tensor=np.asarray(image)),
+            Document(blob=encoded(sample_image(5))),
+        ],
+    )
     ranked = client(server, protocol).rank([query])[0].matches
     assert ranked[0].id == 'same'
     assert ranked[0].scores['clip_score_cosine'].value == pytest.approx(1.0, abs=1e-4)
@@ -133,7 +136,9 @@ def test_raw_http_json(server, model):
     response = requests.post(f'http://127.0.0.1:{server.ports["http"]}/post', json=payload, timeout=60)
     assert response.status_code == 200
     docs = {doc['id']: doc for doc in response.json()['data']}
-    np.testing.assert_allclose(docs['text']['embedding'], reference_text_embeddings(model, TEXTS[:1])[0], atol=TOLERANCE)
+    np.testing.assert_allclose(
+        docs['text']['embedding'], reference_text_embeddings(model, TEXTS[:1])[0], atol=TOLERANCE
+    )
     expected = reference_image_embeddings(model, [png, uri_image])
     np.testing.assert_allclose([docs['blob']['embedding'], docs['uri']['embedding']], expected, atol=TOLERANCE)
     assert docs['blob']['blob']  # content is returned unless drop_image_content is asked for
@@ -152,13 +157,21 @@ def test_bad_image_fails_that_request_and_the_next_is_served(server, protocol, r
 def test_raw_http_error_names_the_document(server):
     payload = {'execEndpoint': '/', 'data': [{'id': 'broken', 'blob': base64.b64encode(b'junk').decode()}]}
     body = requests.post(f'http://127.0.0.1:{server.ports["http"]}/post', json=payload, timeout=60).json()
-    assert 'document broken: cannot decode image (4 bytes): not one of the accepted formats' in body['header']['status']['description']
+    assert (
+        'document broken: cannot decode image (4 bytes): not one of the accepted formats'
+        in body['header']['status']['description']
+    )
 
 
 def test_executor_exports_its_timings(server):
     client(server, 'grpc').encode(['counted text'])
     client(server, 'grpc').encode(DocumentArray([Document(tensor=np.asarray(sample_image(11)))]))
     scrape = requests.get(f'http://127.0.0.1:{server.monitoring_port}/', timeout=10).text
-    for metric in ('preprocess_texts_seconds', 'preprocess_images_seconds', 'encode_texts_seconds', 'encode_images_seconds'):
+    for metric in (
+        'preprocess_texts_seconds',
+        'preprocess_images_seconds',
+        'encode_texts_seconds',
+        'encode_images_seconds',
+    ):
         counts = [line for line in scrape.splitlines() if line.startswith(f'jina_{metric}_count')]
         assert counts and float(counts[0].rsplit(' ', 1)[1]) >= 1, f'{metric} missing from:\n{scrape[:2000]}'

@@ -45,14 +45,37 @@ def certs(tmp_path_factory):
     """A self-signed certificate for 127.0.0.1 and localhost, its key, and the key encrypted."""
     folder = tmp_path_factory.mktemp('certs')
     subprocess.run(
-        ['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-         '-keyout', 'key.pem', '-out', 'cert.pem', '-days', '2', '-subj', '/CN=localhost',
-         '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'],
-        cwd=folder, check=True, capture_output=True, timeout=30,
+        [
+            'openssl',
+            'req',
+            '-x509',
+            '-newkey',
+            'ec',
+            '-pkeyopt',
+            'ec_paramgen_curve:prime256v1',
+            '-nodes',
+            '-keyout',
+            'key.pem',
+            '-out',
+            'cert.pem',
+            '-days',
+            '2',
+            '-subj',
+            '/CN=localhost',
+            '-addext',
+            'subjectAltName=IP:127.0.0.1,DNS:localhost',
+        ],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     subprocess.run(
         ['openssl', 'pkey', '-in', 'key.pem', '-aes256', '-passout', f'pass:{PASSWORD}', '-out', 'key-encrypted.pem'],
-        cwd=folder, check=True, capture_output=True, timeout=30,
+        cwd=folder,
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     return folder
 
@@ -60,7 +83,8 @@ def certs(tmp_path_factory):
 def tls_flow(ports, protocols, tiny_weights, tls_lines: str) -> str:
     """A tiny-model Flow YAML with `tls_lines` added to its top-level `with:`."""
     text = flow_yaml(
-        ports, protocol=protocols,
+        ports,
+        protocol=protocols,
         with_params={'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit'])},
     )
     return text.replace('  host: 127.0.0.1\n', '  host: 127.0.0.1\n' + tls_lines, 1)
@@ -75,7 +99,10 @@ def run_clients(cert, addresses: list[str]) -> dict:
     env = server_env({'SSL_CERT_FILE': str(cert), 'GRPC_DEFAULT_SSL_ROOTS_FILE_PATH': str(cert)})
     done = subprocess.run(
         [sys.executable, '-c', CLIENT, json.dumps(TEXTS), *addresses],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -90,7 +117,7 @@ def plain_key_server(certs, tiny_weights, tmp_path_factory):
     ports = [free_port() for _ in PROTOCOLS]
     yaml_text = tls_flow(ports, PROTOCOLS, tiny_weights, '  ssl_certfile: cert.pem\n  ssl_keyfile: key.pem\n')
     server = start_server(folder, yaml_text, ports[0], is_ready=logged_ready)
-    server.ports = dict(zip(PROTOCOLS, ports))
+    server.ports = dict(zip(PROTOCOLS, ports, strict=True))
     yield server
     server.stop()
 
@@ -115,9 +142,23 @@ def test_curl_verifies_the_certificate(plain_key_server, certs):
     url = f'https://127.0.0.1:{plain_key_server.ports["http"]}/post'
     body = json.dumps({'execEndpoint': '/encode', 'data': [{'text': TEXTS[0]}]})
     done = subprocess.run(
-        ['curl', '-sS', '--fail', '--max-time', '60', '--cacert', str(certs / 'cert.pem'),
-         '-H', 'Content-Type: application/json', '-d', body, url],
-        capture_output=True, text=True, timeout=90,
+        [
+            'curl',
+            '-sS',
+            '--fail',
+            '--max-time',
+            '60',
+            '--cacert',
+            str(certs / 'cert.pem'),
+            '-H',
+            'Content-Type: application/json',
+            '-d',
+            body,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)['data'][0]['embedding']) == 32
@@ -139,15 +180,19 @@ def test_documented_yaml_with_a_password_protected_key(certs, tiny_weights, tmp_
         shutil.copy(certs / name, tmp_path / name)
     port = free_port()
     yaml_text = tls_flow(
-        port, 'http', tiny_weights,
+        port,
+        'http',
+        tiny_weights,
         f'  cors: true\n  uvicorn_kwargs:\n    ssl_keyfile_password: {PASSWORD}\n'
         '  ssl_certfile: cert.pem\n  ssl_keyfile: key-encrypted.pem\n',
     )
     server = start_server(tmp_path, yaml_text, port, protocol='http', is_ready=logged_ready)
     try:
         response = requests.post(
-            f'https://127.0.0.1:{port}/post', json={'execEndpoint': '/encode', 'data': [{'text': TEXTS[0]}]},
-            verify=str(certs / 'cert.pem'), timeout=60,
+            f'https://127.0.0.1:{port}/post',
+            json={'execEndpoint': '/encode', 'data': [{'text': TEXTS[0]}]},
+            verify=str(certs / 'cert.pem'),
+            timeout=60,
         )
         assert response.status_code == 200
         expected = reference_text_embeddings(reference('tiny-vit'), TEXTS[:1])[0]
@@ -159,7 +204,9 @@ def test_documented_yaml_with_a_password_protected_key(certs, tiny_weights, tmp_
 def test_grpc_with_a_password_protected_key_is_refused_clearly(certs, tiny_weights, tmp_path):
     """gRPC cannot unlock a key; jina would only say 'Failed to bind to address'."""
     yaml_text = tls_flow(
-        free_port(), 'grpc', tiny_weights,
+        free_port(),
+        'grpc',
+        tiny_weights,
         f'  uvicorn_kwargs:\n    ssl_keyfile_password: {PASSWORD}\n'
         f'  ssl_certfile: {certs / "cert.pem"}\n  ssl_keyfile: {certs / "key-encrypted.pem"}\n',
     )

@@ -2,6 +2,7 @@
 
 import base64
 import io
+from contextlib import closing
 
 import numpy as np
 import pytest
@@ -141,10 +142,15 @@ def test_cpu_threads_are_split_between_replicas(tiny_weights, monkeypatch, keep_
     monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
     monkeypatch.setattr('os.cpu_count', lambda: 8)
     weights = str(tiny_weights['tiny-vit'])
-    assert CLIPEncoder(name='tiny-vit', model_path=weights, runtime_args={'replicas': 2}).cpu_threads() == 4
-    assert CLIPEncoder(name='tiny-vit', model_path=weights, runtime_args={'replicas': 16}).cpu_threads() == 1
+
+    def threads(replicas: int) -> int:
+        with closing(CLIPEncoder(name='tiny-vit', model_path=weights, runtime_args={'replicas': replicas})) as encoder:
+            return encoder.cpu_threads()
+
+    assert threads(2) == 4
+    assert threads(16) == 1
     monkeypatch.setenv('OMP_NUM_THREADS', '3')
-    assert CLIPEncoder(name='tiny-vit', model_path=weights, runtime_args={'replicas': 2}).cpu_threads() == 3
+    assert threads(2) == 3
 
 
 def test_misspelt_parameters_are_refused_with_the_right_names(tiny_weights):

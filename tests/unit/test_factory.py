@@ -28,7 +28,9 @@ def test_every_family_has_a_builder_of_its_own():
 
 def test_mclip_on_tensorrt_is_refused_with_the_runtimes_that_serve_it(tmp_path, monkeypatch):
     monkeypatch.setenv('CLIP_SERVER_CACHE', str(tmp_path))
-    with pytest.raises(UnsupportedError, match='cannot be served with TensorRT: .* serve it with PyTorch or ONNX Runtime'):
+    with pytest.raises(
+        UnsupportedError, match='cannot be served with TensorRT: .* serve it with PyTorch or ONNX Runtime'
+    ):
         check_supported(resolve('M-CLIP/XLM-Roberta-Large-Vit-B-32'), Runtime.TENSORRT)
     assert not any(tmp_path.iterdir())  # nothing fetched
 

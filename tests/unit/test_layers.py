@@ -41,7 +41,7 @@ def test_the_import_graph_has_no_cycle():
 
     def visit(name: str, path: list[str]) -> None:
         if name in path:
-            pytest.fail(f'import cycle: {" -> ".join(path[path.index(name):] + [name])}')
+            pytest.fail(f'import cycle: {" -> ".join(path[path.index(name) :] + [name])}')
         if name in done:
             return
         for target in graph[name]:

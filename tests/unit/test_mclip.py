@@ -31,8 +31,11 @@ TEXTS = ['a photo of a cat', 'ein Foto einer Katze auf der Wiese', '', 'word ' *
 TOLERANCE = 1e-4
 # The base model each real M-CLIP checkpoint names (an assumption for LaBSE: see mclip_model).
 REAL_BASES = {'M-CLIP/LABSE-Vit-L-14': ('bert', 'setu4993/LaBSE')}
-HF_TEXT_ARCHS = {'roberta-ViT-B-32': 'roberta-base', 'xlm-roberta-base-ViT-B-32': 'xlm-roberta-base',
-                 'xlm-roberta-large-ViT-H-14': 'xlm-roberta-large'}
+HF_TEXT_ARCHS = {
+    'roberta-ViT-B-32': 'roberta-base',
+    'xlm-roberta-base-ViT-B-32': 'xlm-roberta-base',
+    'xlm-roberta-large-ViT-H-14': 'xlm-roberta-large',
+}
 
 
 @pytest.fixture(scope='module')
@@ -121,7 +124,9 @@ def test_onnx_equals_torch_with_a_dynamic_sequence(kind, models, hub, tmp_path):
         folder = export_onnx(spec, locate_mclip(spec, hub['image']), tmp_path / 'onnx')
     inputs = onnx.load(str(folder / 'textual.onnx')).graph.input
     assert [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in inputs] == [
-        ['batch', 'sequence'], ['batch', 'sequence']]
+        ['batch', 'sequence'],
+        ['batch', 'sequence'],
+    ]
     onnx_model = ONNXEncoder(folder, threads=1, image_size=spec.image_size)
     for texts in (TEXTS[:1], TEXTS[:2], TEXTS):  # one length, padded, and 77 tokens
         tokens = preprocessor.tokenize(texts)
@@ -222,8 +227,14 @@ def test_every_hf_text_name_builds_from_our_cache(arch, hf_text_cache):
 
 def test_an_hf_text_model_runs_on_torch_and_onnx(hf_text_cache, tmp_path):
     """A tiny open_clip HF-text-tower architecture, through open_clip's own tokenizer wrapper."""
-    config = {**tiny_models.CONFIGS['tiny-vit'], 'text_cfg': {
-        'hf_model_name': 'tiny/xlm-roberta', 'hf_tokenizer_name': 'tiny/xlm-roberta', 'hf_pooler_type': 'mean_pooler'}}
+    config = {
+        **tiny_models.CONFIGS['tiny-vit'],
+        'text_cfg': {
+            'hf_model_name': 'tiny/xlm-roberta',
+            'hf_tokenizer_name': 'tiny/xlm-roberta',
+            'hf_pooler_type': 'mean_pooler',
+        },
+    }
     (tmp_path / 'configs').mkdir()
     (tmp_path / 'configs' / 'tiny-hf-text.json').write_text(json.dumps(config))
     open_clip.add_model_config(tmp_path / 'configs')

@@ -97,7 +97,10 @@ def test_attention_mask_covers_the_text_up_to_its_end_token():
 def test_large_models_keep_their_weights_in_external_data(exported, tiny_weights, tmp_path):
     folder = export_onnx(resolve('tiny-vit'), tiny_weights['tiny-vit'], tmp_path, external_data=True)
     assert sorted(path.name for path in folder.iterdir()) == [
-        'textual.onnx', 'textual.onnx.data', 'visual.onnx', 'visual.onnx.data'
+        'textual.onnx',
+        'textual.onnx.data',
+        'visual.onnx',
+        'visual.onnx.data',
     ]
     assert (folder / 'visual.onnx').stat().st_size < 100_000
     tokens, pixels = inputs('tiny-vit', 2)
@@ -247,7 +250,10 @@ def test_replicas_starting_together_build_one_valid_export(tiny_weights, cache, 
     processes = [
         subprocess.Popen(
             [sys.executable, '-c', CONCURRENT_START, str(tiny_weights['tiny-rn']), str(go), str(ready)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for ready in readies
     ]

@@ -75,4 +75,6 @@ def test_openai_style_torchscript_archive_loads(tiny_weights, reference, tmp_pat
 
     model = torch_encoder(spec, archive)
     tokens = preprocessor(spec).tokenize(TEXTS)
-    np.testing.assert_allclose(model.encode_text(tokens), reference_text_embeddings(reference('tiny-vit'), TEXTS), atol=1e-5)
+    np.testing.assert_allclose(
+        model.encode_text(tokens), reference_text_embeddings(reference('tiny-vit'), TEXTS), atol=1e-5
+    )

@@ -83,7 +83,11 @@ def test_data_uri_base64_and_percent_encoded():
 
 @pytest.mark.parametrize(
     'data, message',
-    [(b'', 'empty'), (b'not an image at all', 'cannot decode image'), (encoded(sample_image(), 'PNG')[:60], 'cannot decode')],
+    [
+        (b'', 'empty'),
+        (b'not an image at all', 'cannot decode image'),
+        (encoded(sample_image(), 'PNG')[:60], 'cannot decode'),
+    ],
 )
 def test_bad_image_bytes_raise_clear_errors(data, message):
     with pytest.raises(InvalidInputError, match=message):

@@ -25,7 +25,7 @@ def test_rank_matches_scores_sorts_and_drops_embeddings():
     sorted_embeddings = np.array([[1.0, 0.1], [1.0, 1.0], [0.0, 1.0]])
     cosines = sorted_embeddings[:, 0] / np.linalg.norm(sorted_embeddings, axis=1)
     expected = np.exp(100 * cosines) / np.exp(100 * cosines).sum()
-    for match, prob, cos in zip(query.matches, expected, cosines):
+    for match, prob, cos in zip(query.matches, expected, cosines, strict=True):
         assert match.scores['clip_score'].value == pytest.approx(prob, rel=1e-5)
         assert match.scores['clip_score'].op_name == 'softmax'
         assert match.scores['clip_score_cosine'].value == pytest.approx(cos, rel=1e-5)
@@ -45,7 +45,9 @@ def test_query_without_matches_is_left_alone():
 def test_order_follows_cosine_even_where_probabilities_underflow():
     query = Document(embedding=np.array([1.0, 0.0], dtype=np.float32))
     angles = {'best': 0.0, 'second': 1.0, 'far': 2.5, 'farthest': 3.0}  # cosines 1, 0.54, -0.80, -0.99
-    query.matches = [Document(id=name, embedding=np.array([np.cos(a), np.sin(a)], dtype=np.float32))
-                     for name, a in [('farthest', 3.0), ('best', 0.0), ('far', 2.5), ('second', 1.0)]]
+    query.matches = [
+        Document(id=name, embedding=np.array([np.cos(a), np.sin(a)], dtype=np.float32))
+        for name, a in [('farthest', 3.0), ('best', 0.0), ('far', 2.5), ('second', 1.0)]
+    ]
     rank_matches(query)
     assert [m.id for m in query.matches] == sorted(angles, key=angles.get)

@@ -6,16 +6,35 @@ from clip_server.types import Family, UnknownModelError
 
 # The documented table: every name users may write, with the dimension their vectors have.
 SEED_TABLE = {
-    'RN50::openai': 1024, 'RN50::yfcc15m': 1024, 'RN50::cc12m': 1024, 'RN101::openai': 512,
-    'RN101::yfcc15m': 512, 'RN50x4::openai': 640, 'RN50x16::openai': 768, 'RN50x64::openai': 1024,
-    'ViT-B-32::openai': 512, 'ViT-B-32::laion2b_e16': 512, 'ViT-B-32::laion400m_e31': 512,
-    'ViT-B-32::laion400m_e32': 512, 'ViT-B-32::laion2b-s34b-b79k': 512, 'ViT-B-16::openai': 512,
-    'ViT-B-16::laion400m_e31': 512, 'ViT-B-16::laion400m_e32': 512, 'ViT-B-16-plus-240::laion400m_e31': 640,
-    'ViT-B-16-plus-240::laion400m_e32': 640, 'ViT-L-14::openai': 768, 'ViT-L-14::laion400m_e31': 768,
-    'ViT-L-14::laion400m_e32': 768, 'ViT-L-14::laion2b-s32b-b82k': 768, 'ViT-L-14-336::openai': 768,
-    'ViT-H-14::laion2b-s32b-b79k': 1024, 'ViT-g-14::laion2b-s12b-b42k': 1024,
-    'M-CLIP/LABSE-Vit-L-14': 768, 'M-CLIP/XLM-Roberta-Large-Vit-B-32': 512,
-    'M-CLIP/XLM-Roberta-Large-Vit-B-16Plus': 640, 'M-CLIP/XLM-Roberta-Large-Vit-L-14': 768,
+    'RN50::openai': 1024,
+    'RN50::yfcc15m': 1024,
+    'RN50::cc12m': 1024,
+    'RN101::openai': 512,
+    'RN101::yfcc15m': 512,
+    'RN50x4::openai': 640,
+    'RN50x16::openai': 768,
+    'RN50x64::openai': 1024,
+    'ViT-B-32::openai': 512,
+    'ViT-B-32::laion2b_e16': 512,
+    'ViT-B-32::laion400m_e31': 512,
+    'ViT-B-32::laion400m_e32': 512,
+    'ViT-B-32::laion2b-s34b-b79k': 512,
+    'ViT-B-16::openai': 512,
+    'ViT-B-16::laion400m_e31': 512,
+    'ViT-B-16::laion400m_e32': 512,
+    'ViT-B-16-plus-240::laion400m_e31': 640,
+    'ViT-B-16-plus-240::laion400m_e32': 640,
+    'ViT-L-14::openai': 768,
+    'ViT-L-14::laion400m_e31': 768,
+    'ViT-L-14::laion400m_e32': 768,
+    'ViT-L-14::laion2b-s32b-b82k': 768,
+    'ViT-L-14-336::openai': 768,
+    'ViT-H-14::laion2b-s32b-b79k': 1024,
+    'ViT-g-14::laion2b-s12b-b42k': 1024,
+    'M-CLIP/LABSE-Vit-L-14': 768,
+    'M-CLIP/XLM-Roberta-Large-Vit-B-32': 512,
+    'M-CLIP/XLM-Roberta-Large-Vit-B-16Plus': 640,
+    'M-CLIP/XLM-Roberta-Large-Vit-L-14': 768,
 }
 
 
@@ -43,8 +62,8 @@ def test_mclip_image_towers_exist_in_open_clip(spec):
     [('ViT-B/32', 'ViT-B-32::openai'), ('RN50', 'RN50::openai'), ('ViT-L/14@336px', 'ViT-L-14-336::openai')],
 )
 def test_legacy_aliases(alias, target):
-    assert alias in ALIASES
-    assert resolve(alias) == resolve(target)
+    assert ALIASES[alias] == target
+    assert resolve(alias) == resolve(target) and resolve(alias).name == target
 
 
 def test_tag_spelling_with_dashes_or_underscores():

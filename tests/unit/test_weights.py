@@ -19,13 +19,13 @@ import pytest
 from huggingface_hub import constants as hf_constants
 
 from clip_server.model import weights
-from clip_server.types import WeightsUnavailableError
 from clip_server.model.weights import (
     cache_dir,
     fetch_hf_file,
     fetch_open_clip_weights,
     fetch_url,
 )
+from clip_server.types import WeightsUnavailableError
 
 COMMIT = 'c0ffee' * 6 + 'c0ff'  # 40 hex digits, as a git commit
 PAYLOAD = os.urandom(3000) + b'weights'
@@ -399,7 +399,7 @@ def test_open_clip_weights_fall_back_to_the_url(hub, tmp_path, monkeypatch):
     import open_clip
 
     url = hub.url(f'/releases/rn50-{PAYLOAD_SHA[:8]}.pt')
-    hub.files[url[len(hub.base):]] = PAYLOAD
+    hub.files[url[len(hub.base) :]] = PAYLOAD
     # A config whose hub copy is missing: the URL is the documented fallback.
     monkeypatch.setattr(open_clip, 'get_pretrained_cfg', lambda arch, tag: {'hf_hub': 'org/gone/', 'url': url})
     assert fetch_open_clip_weights('RN50', 'x', cache_root=tmp_path) == tmp_path / f'rn50-{PAYLOAD_SHA[:8]}.pt'

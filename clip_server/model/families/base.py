@@ -61,8 +61,9 @@ class FamilyBuilder(ABC):
         """The model's tokenizer; `folder` (a `model_path` folder) may hold its files."""
 
     @abstractmethod
-    def towers(self, spec: ModelSpec, source: Any, *, device: str = 'cpu', dtype: DType = DType.FP32,
-               for_export: bool = False) -> Towers:
+    def towers(
+        self, spec: ModelSpec, source: Any, *, device: str = 'cpu', dtype: DType = DType.FP32, for_export: bool = False
+    ) -> Towers:
         """The towers with `source`'s weights; `for_export` picks ops every exporter can trace."""
 
     def files(self, source: Any) -> tuple[Path, ...]:

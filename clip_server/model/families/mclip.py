@@ -72,7 +72,7 @@ def locate_mclip(spec: ModelSpec, model_path: str | os.PathLike | None = None) -
     if folder is not None and not folder.is_dir():
         raise FileNotFoundError(
             f'model_path {str(model_path)!r} is not a folder: for {spec.name} it must be a folder with the '
-            f'checkpoint\'s {CONFIG_FILE}, {" or ".join(TEXT_WEIGHTS)} and tokenizer files'
+            f"checkpoint's {CONFIG_FILE}, {' or '.join(TEXT_WEIGHTS)} and tokenizer files"
         )
 
     def local(*names: str) -> Path | None:
@@ -178,8 +178,15 @@ class MCLIPBuilder(FamilyBuilder):
     def tokenizer(self, spec: ModelSpec, folder: str | os.PathLike | None) -> Tokenizer:
         return HFTokenizer(tokenizer_folder(spec.name, folder))
 
-    def towers(self, spec: ModelSpec, source: MCLIPFiles, *, device: str = 'cpu', dtype: DType = DType.FP32,
-               for_export: bool = False) -> Towers:
+    def towers(
+        self,
+        spec: ModelSpec,
+        source: MCLIPFiles,
+        *,
+        device: str = 'cpu',
+        dtype: DType = DType.FP32,
+        for_export: bool = False,
+    ) -> Towers:
         text = create_mclip_text_tower(source, attn_implementation='eager' if for_export else None)
         if text.LinearTransformation.out_features != spec.dim:
             raise ValueError(

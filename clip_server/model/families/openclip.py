@@ -123,7 +123,14 @@ class OpenCLIPBuilder(FamilyBuilder):
         """The whole open_clip module (both towers in one), as open_clip builds it."""
         return create_open_clip_model(spec, weights, device=device, dtype=dtype)
 
-    def towers(self, spec: ModelSpec, source: Path | None, *, device: str = 'cpu', dtype: DType = DType.FP32,
-               for_export: bool = False) -> Towers:
+    def towers(
+        self,
+        spec: ModelSpec,
+        source: Path | None,
+        *,
+        device: str = 'cpu',
+        dtype: DType = DType.FP32,
+        for_export: bool = False,
+    ) -> Towers:
         model = self.create_model(spec, source, device=device, dtype=dtype)
         return Towers(OpenCLIPText(model), model.visual)

@@ -84,11 +84,19 @@ def export_towers(
     folder.mkdir(parents=True, exist_ok=True)
     device = next(towers.image.parameters()).device
     variable_length = towers.pad_token_id is not None
-    ids, mask = (torch.from_numpy(np.asarray(a)).to(device, torch.int32) for a in text_inputs(sample_tokens, towers.pad_token_id))
+    ids, mask = (
+        torch.from_numpy(np.asarray(a)).to(device, torch.int32) for a in text_inputs(sample_tokens, towers.pad_token_id)
+    )
     text = _TextTower(_half(towers.text, dtype)).to(device).eval()  # eval: the exporter restores this mode
     _export_tower(
-        text, (ids, mask), TEXT_INPUTS, {0: 'batch', 1: 'sequence'} if variable_length else {0: 'batch'},
-        folder / TEXT_FILE, external_data, name, {PAD_TOKEN_ID: str(towers.pad_token_id)} if variable_length else {},
+        text,
+        (ids, mask),
+        TEXT_INPUTS,
+        {0: 'batch', 1: 'sequence'} if variable_length else {0: 'batch'},
+        folder / TEXT_FILE,
+        external_data,
+        name,
+        {PAD_TOKEN_ID: str(towers.pad_token_id)} if variable_length else {},
     )
     pixels = torch.zeros(2, 3, image_size, image_size, device=device)
     image = _ImageTower(_half(towers.image, dtype)).eval()
@@ -162,10 +170,17 @@ def export_key(files: Sequence[str | os.PathLike], dtype: DType) -> str:
     """Short hash of what an export depends on: the weights files' identity and the exporter."""
     import open_clip
 
-    return digest({
-        'weights': [_file_identity(path) for path in files], 'dtype': DType(dtype).value, 'format': FORMAT_VERSION,
-        'opset': OPSET, 'torch': torch.__version__, 'open_clip': open_clip.__version__, 'transformers': _transformers(),
-    })
+    return digest(
+        {
+            'weights': [_file_identity(path) for path in files],
+            'dtype': DType(dtype).value,
+            'format': FORMAT_VERSION,
+            'opset': OPSET,
+            'torch': torch.__version__,
+            'open_clip': open_clip.__version__,
+            'transformers': _transformers(),
+        }
+    )
 
 
 def _file_identity(path: str | os.PathLike) -> tuple[str, int, int]:

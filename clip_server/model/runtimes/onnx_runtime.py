@@ -154,7 +154,7 @@ class ONNXEncoder:
         self.dim = self._text.session.get_outputs()[0].shape[1]
         self.description = ', '.join(self.providers)
         if providers[0] != CPU and CUDA not in self.providers:
-            _warn_no_cuda(f'{CUDA} did not load (see onnxruntime\'s messages above)')
+            _warn_no_cuda(f"{CUDA} did not load (see onnxruntime's messages above)")
         pad = self._text.session.get_modelmeta().custom_metadata_map.get(PAD_TOKEN_ID)
         self._pad_token_id = pad_token_id if pad_token_id is not None else int(pad) if pad is not None else None
         spatial = self._image.shapes[IMAGE_INPUT][2:]
@@ -165,7 +165,7 @@ class ONNXEncoder:
             )
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        return self._text.run(dict(zip(TEXT_INPUTS, text_inputs(tokens, self._pad_token_id))))
+        return self._text.run(dict(zip(TEXT_INPUTS, text_inputs(tokens, self._pad_token_id), strict=True)))
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         return self._image.run({IMAGE_INPUT: pixels})

@@ -25,7 +25,9 @@ from clip_server.types import Device, DType, RuntimeUnavailableError
 
 logger = logging.getLogger(__name__)
 
-ALTERNATIVES = 'serve with PyTorch (`python -m clip_server`) or ONNX Runtime (`python -m clip_server onnx-flow.yml`) instead'
+ALTERNATIVES = (
+    'serve with PyTorch (`python -m clip_server`) or ONNX Runtime (`python -m clip_server onnx-flow.yml`) instead'
+)
 # The builder may use up to this share of the GPU's free memory as scratch space, capped at 4 GiB.
 WORKSPACE_SHARE = 0.5
 WORKSPACE_CAP = 4 << 30
@@ -131,7 +133,9 @@ def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, max_batch: i
     config.add_optimization_profile(profile)
 
     started = time.monotonic()
-    logger.info('Building TensorRT engine from %s (fp16=%s, batch<=%d); this can take minutes', onnx_path, fp16, max_batch)
+    logger.info(
+        'Building TensorRT engine from %s (fp16=%s, batch<=%d); this can take minutes', onnx_path, fp16, max_batch
+    )
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f'TensorRT failed to build an engine from {onnx_path}; see the TensorRT log above')
@@ -206,7 +210,7 @@ class TensorRTEncoder:
         self._visual = _Engine(engine_folder / ENGINE_FILES[IMAGE_FILE], torch.device(str(device)))
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        return self._textual.run(dict(zip(TEXT_INPUTS, text_inputs(tokens, None))))
+        return self._textual.run(dict(zip(TEXT_INPUTS, text_inputs(tokens, None), strict=True)))
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         return self._visual.run({IMAGE_INPUT: pixels})

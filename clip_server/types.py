@@ -42,6 +42,10 @@ class WeightsUnavailableError(ClipServerError, RuntimeError):
     """Model files are neither validly cached nor obtainable from their source."""
 
 
+class ModelPathError(ClipServerError, FileNotFoundError):
+    """`model_path` names nothing usable: a missing file or folder."""
+
+
 class ModelFolderError(ClipServerError, ValueError):
     """A folder of exported graphs that cannot be served; the message says what is wrong."""
 

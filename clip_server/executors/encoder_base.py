@@ -30,7 +30,7 @@ from clip_server.model.encoder import Encoder
 from clip_server.model.factory import EncoderOptions
 from clip_server.model.preprocess import Preprocessor
 from clip_server.model.registry import DEFAULT_MODEL, ModelSpec, resolve
-from clip_server.types import InvalidInputError, Runtime
+from clip_server.types import ConfigurationError, InvalidInputError, Runtime
 
 METRICS = {
     'preprocess_texts_seconds': 'Seconds spent tokenizing one text',
@@ -68,9 +68,9 @@ class CLIPEncoderBase(Executor):
         self._refuse_unknown_parameters(kwargs)
         super().__init__(**kwargs)
         if minibatch_size < 1:
-            raise ValueError(f'minibatch_size must be at least 1, got {minibatch_size}')
+            raise ConfigurationError(f'minibatch_size must be at least 1, got {minibatch_size}')
         if num_worker_preprocess < 1:
-            raise ValueError(f'num_worker_preprocess must be at least 1, got {num_worker_preprocess}')
+            raise ConfigurationError(f'num_worker_preprocess must be at least 1, got {num_worker_preprocess}')
         if traversal_paths is not None:
             self.logger.warning('`traversal_paths` is deprecated; use `access_paths` instead')
             access_paths = traversal_paths

@@ -37,6 +37,7 @@ from clip_server.types import (
     ConfigurationError,
     DType,
     Family,
+    ModelPathError,
     Runtime,
     UnsupportedError,
     parse_dtype,
@@ -214,7 +215,7 @@ def onnx_model_dir(spec: ModelSpec, model_path: str | os.PathLike | None = None,
     if path and path.is_dir() and (not builder.checkpoint_is_folder or (path / TEXT_FILE).exists()):
         return path
     if path and not path.exists():
-        raise FileNotFoundError(
+        raise ModelPathError(
             f'model_path {str(model_path)!r} does not exist: it must be a folder with {TEXT_FILE} and '
             f'{IMAGE_FILE}, or {builder.checkpoint} to export'
         )

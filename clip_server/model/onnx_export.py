@@ -13,6 +13,7 @@ from pathlib import Path
 
 from clip_server.model.factory import export_onnx, locate
 from clip_server.model.registry import resolve
+from clip_server.types import RUNTIME_DTYPES, DType, Runtime
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
         help='PyTorch weights file, or for M-CLIP a folder with its checkpoint (default: the pretrained files, '
         'cached or downloaded)',
     )
-    parser.add_argument('--dtype', choices=['fp32', 'fp16'], default='fp32', help='fp16 is for serving on CUDA')
+    dtypes = [dtype.value for dtype in RUNTIME_DTYPES[Runtime.ONNX]]
+    parser.add_argument('--dtype', choices=dtypes, default=DType.FP32.value, help='fp16 is for serving on CUDA')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
     spec = resolve(args.name)

@@ -33,7 +33,7 @@ from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError
 from tqdm.auto import tqdm
 
 from clip_server.model.registry import ModelSpec
-from clip_server.types import WeightsUnavailableError
+from clip_server.types import ModelPathError, UnknownModelError, WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def locate_weights(spec: ModelSpec, model_path: str | os.PathLike | None = None)
     if model_path:
         path = Path(model_path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f'model_path {str(model_path)!r} is not a file (resolved to {path.resolve()})')
+            raise ModelPathError(f'model_path {str(model_path)!r} is not a file (resolved to {path.resolve()})')
         return path
     if spec.tag is None:
         raise WeightsUnavailableError(
@@ -122,7 +122,9 @@ def fetch_open_clip_weights(
     cfg = open_clip.get_pretrained_cfg(arch, tag)
     if not cfg:
         known = ', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'none'
-        raise ValueError(f'open_clip has no pretrained weights {arch!r}/{tag!r}; tags known for {arch!r}: {known}')
+        raise UnknownModelError(
+            f'open_clip has no pretrained weights {arch!r}/{tag!r}; tags known for {arch!r}: {known}'
+        )
     url = cfg.get('url', '')
     if not cfg.get('hf_hub'):
         return fetch_url(url, cache_root=cache_root, retries=retries)

@@ -29,7 +29,7 @@ from helpers import sample_image, torch_encoder
 KINDS = list(tiny_hf.TINY_MCLIP)
 TEXTS = ['a photo of a cat', 'ein Foto einer Katze auf der Wiese', '', 'word ' * 100]
 TOLERANCE = 1e-4
-# The base model each real M-CLIP checkpoint names (an assumption for LaBSE: see mclip_model).
+# The base model each real M-CLIP checkpoint names (an assumption for LaBSE: see families/mclip.py).
 REAL_BASES = {'M-CLIP/LABSE-Vit-L-14': ('bert', 'setu4993/LaBSE')}
 HF_TEXT_ARCHS = {
     'roberta-ViT-B-32': 'roberta-base',

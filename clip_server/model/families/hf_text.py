@@ -29,7 +29,7 @@ from clip_server.model.families.base import CONTEXT_LENGTH, Tokenizer
 from clip_server.model.families.openclip import OpenCLIPBuilder, create_open_clip_model
 from clip_server.model.registry import ModelSpec
 from clip_server.model.weights import cache_dir, fetch_hf_file
-from clip_server.types import DType, Family, WeightsUnavailableError, require
+from clip_server.types import ConfigurationError, DType, Family, WeightsUnavailableError, require
 
 TOKENIZER_FILE = 'tokenizer.json'
 CONFIG_FILE = 'config.json'
@@ -82,7 +82,7 @@ class HFTokenizer:
         with _quiet('transformers.configuration_utils'):
             self._tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
         if self._tokenizer.pad_token_id is None:
-            raise ValueError(f'the tokenizer in {folder} has no pad token, which batching needs')
+            raise ConfigurationError(f'the tokenizer in {folder} has no pad token, which batching needs')
         self.pad_token_id: int = self._tokenizer.pad_token_id
         self.context_length = context_length
 

@@ -41,7 +41,7 @@ from clip_server.model.families.openclip import create_open_clip_model
 from clip_server.model.registry import ModelSpec
 from clip_server.model.torch_utils import TORCH_DTYPES, rebuilt_buffers
 from clip_server.model.weights import fetch_hf_file, fetch_open_clip_weights
-from clip_server.types import DType, Family, WeightsUnavailableError, require
+from clip_server.types import ConfigurationError, DType, Family, ModelPathError, WeightsUnavailableError, require
 
 # What the Hub repos hold is the pickle; a local folder may have a safetensors copy instead.
 TEXT_WEIGHTS = ('model.safetensors', 'pytorch_model.bin')
@@ -70,7 +70,7 @@ def locate_mclip(spec: ModelSpec, model_path: str | os.PathLike | None = None) -
     """The files of `spec`: from the `model_path` folder where it has them, else from the Hub (cache)."""
     folder = Path(model_path).expanduser() if model_path else None
     if folder is not None and not folder.is_dir():
-        raise FileNotFoundError(
+        raise ModelPathError(
             f'model_path {str(model_path)!r} is not a folder: for {spec.name} it must be a folder with the '
             f"checkpoint's {CONFIG_FILE}, {' or '.join(TEXT_WEIGHTS)} and tokenizer files"
         )
@@ -122,7 +122,7 @@ def create_mclip_text_tower(files: MCLIPFiles, *, attn_implementation: str | Non
     mclip = read_json(files.config)
     config = AutoConfig.from_pretrained(str(files.base_config.parent))
     if config.hidden_size != mclip['transformerDimensions']:
-        raise ValueError(
+        raise ConfigurationError(
             f'{files.base_config} describes a transformer of width {config.hidden_size}, but the M-CLIP checkpoint '
             f'{files.config} expects {mclip["transformerDimensions"]}: modelBase names the wrong model'
         )
@@ -189,7 +189,7 @@ class MCLIPBuilder(FamilyBuilder):
     ) -> Towers:
         text = create_mclip_text_tower(source, attn_implementation='eager' if for_export else None)
         if text.LinearTransformation.out_features != spec.dim:
-            raise ValueError(
+            raise ConfigurationError(
                 f'the M-CLIP checkpoint {source.config} embeds into {text.LinearTransformation.out_features} '
                 f'dimensions, but {spec.name} pairs with the {spec.dim}-d image tower of {spec.arch}'
             )

@@ -37,8 +37,6 @@ OPSET = 17
 FORMAT_VERSION = 2
 # Protobuf cannot hold more than 2 GiB; towers above this (ViT-H/g) keep their weights in a `.data` file.
 EXTERNAL_DATA_ABOVE_BYTES = 3 << 29  # 1.5 GiB: room for the graph itself
-# The precisions an export can be made in; onnxruntime serves fp16 graphs on CUDA only.
-EXPORT_DTYPES = (DType.FP32, DType.FP16)
 
 
 class _TextTower(torch.nn.Module):

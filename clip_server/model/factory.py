@@ -131,14 +131,14 @@ def _torch(spec: ModelSpec, builder: FamilyBuilder, options: EncoderOptions, _: 
     return TorchEncoder(towers, dim=spec.dim, device=device, dtype=dtype, jit=options.jit, threads=options.threads)
 
 
-def _onnx(spec: ModelSpec, builder: FamilyBuilder, options: EncoderOptions, tokens: Preprocessor | None) -> Encoder:
+def _onnx(spec: ModelSpec, builder: FamilyBuilder, options: EncoderOptions, given: Preprocessor | None) -> Encoder:
     from clip_server.model.runtimes.onnx_runtime import ONNXEncoder, serving_device
 
     device = serving_device(options.device)
     dtype = parse_dtype(options.dtype, Runtime.ONNX, device)
     pad_token_id = None
     if builder.variable_length_text:  # masked by the serving tokenizer's pad id
-        pad_token_id = (tokens or preprocessor(spec, options.model_path)).pad_token_id
+        pad_token_id = (given or preprocessor(spec, options.model_path)).pad_token_id
     return ONNXEncoder(
         onnx_model_dir(spec, options.model_path, dtype=dtype),
         device=device,

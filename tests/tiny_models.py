@@ -24,6 +24,13 @@ CONFIGS = {
         'vision_cfg': {'image_size': 64, 'layers': [1, 1, 1, 1], 'width': 16},
         'text_cfg': _TEXT,
     },
+    # SigLIP's text tower: bidirectional, pooled at the last position (rows cannot be cut)
+    'tiny-bidirectional': {
+        'embed_dim': 32,
+        'custom_text': True,
+        'vision_cfg': {'image_size': 224, 'layers': 1, 'width': 64, 'head_width': 32, 'patch_size': 32},
+        'text_cfg': {**_TEXT, 'no_causal_mask': True, 'pool_type': 'last'},
+    },
 }
 
 

@@ -47,8 +47,10 @@ def test_executor_refuses_before_loading_anything():
 def test_profile_shapes_cover_one_to_a_minibatch():
     assert profile_shapes((-1, 77), 32) == ((1, 77), (32, 77), (32, 77))
     assert profile_shapes((-1, 3, 224, 224), 8) == ((1, 3, 224, 224), (8, 3, 224, 224), (8, 3, 224, 224))
+    # texts cut after their batch's last end-of-text token: 1 token up to CLIP's context
+    assert profile_shapes((-1, -1), 8) == ((1, 1), (8, 77), (8, 77))
     with pytest.raises(ValueError, match='only the batch axis'):
-        profile_shapes((-1, -1), 8)
+        profile_shapes((-1, 3, -1, -1), 8)
 
 
 def test_engine_key_changes_with_everything_an_engine_depends_on():

@@ -32,12 +32,15 @@ class Towers:
     """A model as two torch modules in eval mode.
 
     `text` takes (input_ids, attention_mask) as `clip_server.model.tokens.text_inputs` makes
-    them for `pad_token_id`; `image` takes pixels in the towers' dtype. Both return [N, dim].
+    them for `pad_token_id` and `cut_at_end_of_text`; `image` takes pixels in the towers'
+    dtype. Both return [N, dim].
     """
 
     text: torch.nn.Module
     image: torch.nn.Module
     pad_token_id: int | None = None
+    # A causal text tower pooled at the end-of-text token takes rows cut after it (exact).
+    cut_at_end_of_text: bool = False
 
 
 class FamilyBuilder(ABC):

@@ -105,6 +105,69 @@ class OpenCLIPText(torch.nn.Module):
         return self.model.encode_text(input_ids)
 
 
+class _Project(torch.nn.Module):
+    """A bare projection matrix as a module, so the tower has one type whatever open_clip stores."""
+
+    def __init__(self, weight: torch.nn.Parameter):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight
+
+
+class EndOfTextText(torch.nn.Module):
+    """open_clip's causal text encoder on rows of any length up to its context (see `causal_text_parts`).
+
+    The same computation as open_clip's `encode_text`, with the positional embedding and the
+    causal mask cut to the rows' length: position i attends to positions <= i only, and the
+    embedding is read at the end-of-text token, so padding after the batch's last end-of-text
+    token never changed it.
+    """
+
+    def __init__(self, parts: torch.nn.Module, pool_type: str):
+        super().__init__()
+        self.token_embedding = parts.token_embedding
+        self.positional_embedding = parts.positional_embedding
+        self.transformer = parts.transformer
+        self.ln_final = parts.ln_final
+        self.register_buffer('causal_mask', parts.attn_mask, persistent=False)
+        projection = parts.text_projection
+        if projection is None:
+            self.projection = torch.nn.Identity()
+        else:
+            self.projection = projection if isinstance(projection, torch.nn.Module) else _Project(projection)
+        assert pool_type == 'argmax'  # `causal_text_parts` checked it; the rows are cut by it too
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        length, cast_dtype = input_ids.shape[1], self.transformer.get_cast_dtype()
+        x = self.token_embedding(input_ids).to(cast_dtype)
+        x = x + self.positional_embedding[:length].to(cast_dtype)
+        x = self.transformer(x, attn_mask=self.causal_mask[:length, :length])
+        x = self.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), input_ids.argmax(dim=-1)]
+        return self.projection(x)
+
+
+def causal_text_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, str] | None:
+    """The module holding `model`'s text encoder and its pooling, when cutting rows is exact.
+
+    Exact for a causal mask, pooling at the end-of-text token (`argmax`: CLIP's BPE gives it
+    the largest id), no class token and no padding mask; anything else (SigLIP's bidirectional
+    towers pooled at the last position, CoCa's class token) keeps fixed-length rows.
+    """
+    parts = getattr(model, 'text', model)  # CustomTextCLIP keeps a TextTransformer; CLIP holds the parts
+    pool_type = getattr(parts, 'text_pool_type', getattr(parts, 'pool_type', None))
+    exact = (
+        getattr(parts, 'attn_mask', None) is not None
+        and pool_type == 'argmax'
+        and getattr(parts, 'cls_emb', None) is None
+        and not getattr(parts, 'use_pad_mask', False)
+        and all(hasattr(parts, name) for name in ('token_embedding', 'positional_embedding', 'ln_final'))
+    )
+    return (parts, pool_type) if exact else None
+
+
 class OpenCLIPBuilder(FamilyBuilder):
     family = Family.OPEN_CLIP
     scriptable = True
@@ -133,4 +196,7 @@ class OpenCLIPBuilder(FamilyBuilder):
         for_export: bool = False,
     ) -> Towers:
         model = self.create_model(spec, source, device=device, dtype=dtype)
-        return Towers(OpenCLIPText(model), model.visual)
+        causal = causal_text_parts(model)
+        if causal is None:
+            return Towers(OpenCLIPText(model), model.visual)
+        return Towers(EndOfTextText(*causal), model.visual, cut_at_end_of_text=True)

@@ -2,9 +2,9 @@
 
 The original server downloaded pre-exported files; this one makes them from the PyTorch
 towers (see `factory.cached_export` for when and where). A text tower that takes rows of
-any length (a pad id: M-CLIP) gets a dynamic sequence axis and its pad id in the graph's
-metadata. `export_key` names everything an export depends on, so new weights or a new
-exporter never reuse a stale export.
+any length (a pad id: M-CLIP; a causal tower pooled at end-of-text: CLIP) gets a dynamic
+sequence axis, and its rule in the graph's metadata. `export_key` names everything an
+export depends on, so new weights or a new exporter never reuse a stale export.
 """
 
 from __future__ import annotations
@@ -23,7 +23,14 @@ import torch
 
 from clip_server.model.cache_build import digest
 from clip_server.model.families.base import Towers
-from clip_server.model.runtimes.onnx_runtime import IMAGE_FILE, IMAGE_INPUT, PAD_TOKEN_ID, TEXT_FILE, TEXT_INPUTS
+from clip_server.model.runtimes.onnx_runtime import (
+    CUT_AT_END_OF_TEXT,
+    IMAGE_FILE,
+    IMAGE_INPUT,
+    PAD_TOKEN_ID,
+    TEXT_FILE,
+    TEXT_INPUTS,
+)
 from clip_server.model.tokens import text_inputs
 from clip_server.model.weights import SHA256_NAME
 from clip_server.types import DType, require
@@ -34,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 OPSET = 17
 # Bump when the graphs written here change, so cached exports are made again.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Protobuf cannot hold more than 2 GiB; towers above this (ViT-H/g) keep their weights in a `.data` file.
 EXTERNAL_DATA_ABOVE_BYTES = 3 << 29  # 1.5 GiB: room for the graph itself
 
@@ -81,25 +88,68 @@ def export_towers(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     device = next(towers.image.parameters()).device
-    variable_length = towers.pad_token_id is not None
-    ids, mask = (
-        torch.from_numpy(np.asarray(a)).to(device, torch.int32) for a in text_inputs(sample_tokens, towers.pad_token_id)
-    )
-    text = _TextTower(_half(towers.text, dtype)).to(device).eval()  # eval: the exporter restores this mode
+    metadata = _text_metadata(towers)
+    rows = text_inputs(sample_tokens, towers.pad_token_id, towers.cut_at_end_of_text)
+    ids, mask = (torch.from_numpy(np.asarray(a)).to(device, torch.int32) for a in rows)
+    text_tower = _traceable_attention(towers.text) if metadata else towers.text
+    text = _TextTower(_half(text_tower, dtype)).to(device).eval()  # eval: the exporter restores this mode
     _export_tower(
         text,
         (ids, mask),
         TEXT_INPUTS,
-        {0: 'batch', 1: 'sequence'} if variable_length else {0: 'batch'},
+        {0: 'batch', 1: 'sequence'} if metadata else {0: 'batch'},
         folder / TEXT_FILE,
         external_data,
         name,
-        {PAD_TOKEN_ID: str(towers.pad_token_id)} if variable_length else {},
+        metadata,
     )
     pixels = torch.zeros(2, 3, image_size, image_size, device=device)
     image = _ImageTower(_half(towers.image, dtype)).eval()
     _export_tower(image, (pixels,), (IMAGE_INPUT,), {0: 'batch'}, folder / IMAGE_FILE, external_data, name)
     return folder
+
+
+class _TraceableAttention(torch.nn.Module):
+    """`nn.MultiheadAttention` (batch-first self-attention) spelt out in plain ops, same weights.
+
+    The legacy exporter bakes the traced sequence length into nn.MultiheadAttention's reshapes,
+    so a graph traced on 7 tokens fails on 12; these ops keep the sequence axis dynamic.
+    """
+
+    def __init__(self, attention: torch.nn.MultiheadAttention):
+        super().__init__()
+        if not (attention.batch_first and attention._qkv_same_embed_dim):
+            raise ValueError('only batch-first self-attention with one input projection can be exported')
+        self.heads = attention.num_heads
+        self.in_proj_weight, self.in_proj_bias = attention.in_proj_weight, attention.in_proj_bias
+        self.out_proj = attention.out_proj
+
+    def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None):
+        head_width = query.shape[-1] // self.heads
+        qkv = torch.nn.functional.linear(query, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.unflatten(-1, (3, self.heads, head_width)).permute(2, 0, 3, 1, 4).unbind(0)
+        scores = (q * head_width**-0.5) @ k.transpose(-2, -1)
+        if attn_mask is not None:
+            scores = scores + attn_mask
+        return self.out_proj((scores.softmax(-1) @ v).transpose(1, 2).flatten(2)), None
+
+
+def _traceable_attention(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` with each nn.MultiheadAttention replaced in place by `_TraceableAttention`."""
+    for name, child in list(module.named_modules()):
+        if isinstance(child, torch.nn.MultiheadAttention):
+            parent_name, _, attribute = name.rpartition('.')
+            setattr(module.get_submodule(parent_name), attribute, _TraceableAttention(child))
+    return module
+
+
+def _text_metadata(towers: Towers) -> dict[str, str]:
+    """How the text graph takes rows of any length; empty for fixed-length rows."""
+    if towers.pad_token_id is not None:
+        return {PAD_TOKEN_ID: str(towers.pad_token_id)}
+    if towers.cut_at_end_of_text:
+        return {CUT_AT_END_OF_TEXT: 'true'}
+    return {}
 
 
 def _half(module: torch.nn.Module, dtype: DType) -> torch.nn.Module:

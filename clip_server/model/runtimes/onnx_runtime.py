@@ -4,7 +4,9 @@ The folder's I/O contract is the one custom models made for the original server 
 `visual.onnx` takes `pixel_values` float32 [N, 3, S, S]; `textual.onnx` takes `input_ids`
 and `attention_mask` int32 [N, 77]; each has one output [N, D]; the batch axis is dynamic.
 A text graph whose metadata names a `pad_token_id` (M-CLIP's) takes right-padded ids of any
-length instead: each minibatch is cut to its longest text and masked by that pad id.
+length instead: each minibatch is cut to its longest text and masked by that pad id. One
+whose metadata says `cut_at_end_of_text` (this server's exports of causal CLIP towers) takes
+rows cut after the minibatch's last end-of-text token (see `clip_server.model.tokens`).
 Models are checked against it at start, so a wrong folder fails with a message naming
 the problem instead of at the first request.
 
@@ -33,6 +35,7 @@ IMAGE_FILE = 'visual.onnx'
 TEXT_INPUTS = ('input_ids', 'attention_mask')
 IMAGE_INPUT = 'pixel_values'
 PAD_TOKEN_ID = 'pad_token_id'  # metadata key of text graphs that mask by a pad id
+CUT_AT_END_OF_TEXT = 'cut_at_end_of_text'  # metadata key of causal text graphs that take short rows
 CUDA = 'CUDAExecutionProvider'
 CPU = 'CPUExecutionProvider'
 
@@ -155,8 +158,10 @@ class ONNXEncoder:
         self.description = ', '.join(self.providers)
         if providers[0] != CPU and CUDA not in self.providers:
             _warn_no_cuda(f"{CUDA} did not load (see onnxruntime's messages above)")
-        pad = self._text.session.get_modelmeta().custom_metadata_map.get(PAD_TOKEN_ID)
+        metadata = self._text.session.get_modelmeta().custom_metadata_map
+        pad = metadata.get(PAD_TOKEN_ID)
         self._pad_token_id = pad_token_id if pad_token_id is not None else int(pad) if pad is not None else None
+        self._cut_at_end_of_text = metadata.get(CUT_AT_END_OF_TEXT) == 'true'
         spatial = self._image.shapes[IMAGE_INPUT][2:]
         if image_size and all(isinstance(side, int) for side in spatial) and spatial != [image_size] * 2:
             raise ModelFolderError(
@@ -165,7 +170,8 @@ class ONNXEncoder:
             )
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        return self._text.run(dict(zip(TEXT_INPUTS, text_inputs(tokens, self._pad_token_id), strict=True)))
+        rows = text_inputs(tokens, self._pad_token_id, self._cut_at_end_of_text)
+        return self._text.run(dict(zip(TEXT_INPUTS, rows, strict=True)))
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         return self._image.run({IMAGE_INPUT: pixels})

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from clip_server.model.cache_build import build_once, digest, folder_name
+from clip_server.model.families.base import CONTEXT_LENGTH
 from clip_server.model.runtimes.onnx_runtime import IMAGE_FILE, IMAGE_INPUT, TEXT_FILE, TEXT_INPUTS
 from clip_server.model.tokens import text_inputs
 from clip_server.model.weights import cache_dir
@@ -95,11 +96,14 @@ def profile_shapes(shape: tuple[int, ...], max_batch: int) -> tuple[tuple[int, .
     """(min, opt, max) for one input whose first axis is the batch.
 
     The executor never sends more than `minibatch_size` rows, so that is both the size
-    TensorRT tunes for and the largest it accepts.
+    TensorRT tunes for and the largest it accepts. A dynamic sequence axis (texts cut after
+    their batch's last end-of-text token) runs from 1 token to CLIP's context, tuned for the full context.
     """
+    if len(shape) == 2 and shape[1] < 0:
+        return (1, 1), (max_batch, CONTEXT_LENGTH), (max_batch, CONTEXT_LENGTH)
     rest = tuple(shape[1:])
     if any(dim < 0 for dim in rest):
-        raise ValueError(f'only the batch axis may be dynamic, got input shape {shape}')
+        raise ValueError(f'only the batch axis (and a text sequence axis) may be dynamic, got input shape {shape}')
     return (1, *rest), (max_batch, *rest), (max_batch, *rest)
 
 
@@ -174,6 +178,9 @@ class _Engine:
         is_input = {name: self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT for name in names}
         self.inputs = [name for name in names if is_input[name]]
         (self._output,) = [name for name in names if not is_input[name]]
+        # -1 on the sequence axis: the engine takes texts cut after their batch's last end-of-text token
+        shapes = [tuple(self._engine.get_tensor_shape(name)) for name in self.inputs]
+        self.any_length = any(len(shape) == 2 and shape[1] < 0 for shape in shapes)
         self._stream = torch.cuda.Stream(device)
 
     def _numpy_dtype(self, name: str) -> np.dtype:
@@ -201,7 +208,7 @@ class _Engine:
 
 
 class TensorRTEncoder:
-    """A textual and a visual engine behind the `Encoder` interface (CLIP's fixed-length texts)."""
+    """A textual and a visual engine behind the `Encoder` interface."""
 
     def __init__(self, engine_folder: Path, *, dim: int, device: Device, dtype: DType):
         self.dim, self.device, self.dtype = dim, device, dtype
@@ -210,7 +217,8 @@ class TensorRTEncoder:
         self._visual = _Engine(engine_folder / ENGINE_FILES[IMAGE_FILE], torch.device(str(device)))
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        return self._textual.run(dict(zip(TEXT_INPUTS, text_inputs(tokens, None), strict=True)))
+        rows = text_inputs(tokens, None, cut_at_end_of_text=self._textual.any_length)
+        return self._textual.run(dict(zip(TEXT_INPUTS, rows, strict=True)))
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         return self._visual.run({IMAGE_INPUT: pixels})

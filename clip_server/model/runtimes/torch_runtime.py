@@ -31,12 +31,14 @@ class TorchEncoder:
         self._device = torch.device(str(device))
         self._dtype = TORCH_DTYPES[dtype]
         self._pad_token_id = towers.pad_token_id
+        self._cut_at_end_of_text = towers.cut_at_end_of_text
         self._text = torch.jit.script(towers.text) if jit else towers.text
         self._image = torch.jit.script(towers.image) if jit else towers.image
 
     @torch.inference_mode()
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        ids, mask = (torch.from_numpy(array).to(self._device) for array in text_inputs(tokens, self._pad_token_id))
+        rows = text_inputs(tokens, self._pad_token_id, self._cut_at_end_of_text)
+        ids, mask = (torch.from_numpy(array).to(self._device) for array in rows)
         return self._text(ids, mask).float().cpu().numpy()
 
     @torch.inference_mode()

@@ -1,0 +1,165 @@
+"""The benchmark's pure helpers: reading and rewriting a Flow YAML, and the report (no server is started)."""
+
+import io
+import itertools
+import textwrap
+
+import pytest
+import yaml
+from PIL import Image
+
+from clip_server.benchmark import (
+    BenchmarkError,
+    Rate,
+    Row,
+    absolute_py_modules,
+    batches,
+    captions,
+    ceiling_flow,
+    cpu_name,
+    encoder_options,
+    executor_config,
+    load_flow,
+    markdown_table,
+    photo_jpeg,
+    server_ratios,
+    session_pids,
+    use_local_ports,
+)
+
+FLOW = textwrap.dedent(
+    """\
+    jtype: Flow
+    with:
+      port: 51000
+    gateway:
+      prefetch: 10
+    executors:
+      - name: clip_o
+        replicas: 2
+        env:
+          OMP_NUM_THREADS: '3'
+        uses_with:
+          dtype: fp32
+        uses:
+          jtype: CLIPEncoder
+          with:
+            name: ViT-B-32::openai
+            dtype: fp16
+            minibatch_size: 8
+            model_path: weights.pt
+          metas:
+            py_modules:
+              - my_models.py
+              - clip_server.executors.clip_onnx
+    """
+)
+
+
+def ports(*numbers):
+    return iter(numbers).__next__
+
+
+def test_a_single_port_becomes_a_free_local_one():
+    flow = load_flow(FLOW)
+    assert use_local_ports(flow, ports(40001)) == 40001
+    assert flow['with'] == {'port': 40001, 'host': '127.0.0.1'}
+
+
+def test_each_protocol_gets_a_port_and_grpc_is_the_one_measured():
+    flow = load_flow('jtype: Flow\nwith:\n  protocol: [http, grpc]\n  port: [8080, 51000]\n')
+    assert use_local_ports(flow, ports(40001, 40002)) == 40002
+    assert flow['with']['port'] == [40001, 40002]
+
+
+@pytest.mark.parametrize(
+    'settings, message',
+    [('protocol: http', 'needs gRPC'), ('ssl_certfile: cert.pem', 'TLS')],
+)
+def test_flows_the_client_cannot_reach_are_refused(settings, message):
+    with pytest.raises(BenchmarkError, match=message):
+        use_local_ports(load_flow(f'jtype: Flow\nwith:\n  {settings}\n'), ports(40001))
+
+
+def test_the_executor_is_read_as_jina_reads_it():
+    config = executor_config(load_flow(FLOW))
+    assert config.jtype == 'CLIPEncoder'
+    assert config.py_modules == ('my_models.py', 'clip_server.executors.clip_onnx')
+    assert config.params['dtype'] == 'fp32'  # uses_with wins over uses: with:
+    assert (config.replicas, config.omp_threads) == (2, 3)
+
+
+def test_encoder_options_follow_the_executor():
+    options = encoder_options(executor_config(load_flow(FLOW)), threads=16)
+    assert (options.model_path, options.dtype, options.max_batch) == ('weights.pt', 'fp32', 8)
+    assert options.threads == 3  # the executor's own OMP_NUM_THREADS
+
+
+def test_a_tagged_executor_is_read_like_a_jtype():
+    text = 'jtype: Flow\nexecutors:\n  - uses: !CLIPEncoder\n      with: {name: RN50}\n      metas: {py_modules: m}\n'
+    config = executor_config(load_flow(text))
+    assert (config.jtype, config.params, config.py_modules) == ('CLIPEncoder', {'name': 'RN50'}, ('m',))
+
+
+@pytest.mark.parametrize(
+    'text, message',
+    [
+        ('jtype: Executor\n', 'does not describe a Flow'),
+        ('jtype: Flow\n', 'has 0 executors'),
+        ('jtype: Flow\nexecutors:\n  - uses: encoder.yml\n', 'must be a mapping'),
+    ],
+)
+def test_flows_without_one_readable_executor_are_refused(text, message):
+    with pytest.raises(BenchmarkError, match=message):
+        executor_config(load_flow(text))
+
+
+def test_relative_module_files_become_absolute(tmp_path):
+    (tmp_path / 'my_models.py').write_text('')
+    flow = load_flow(FLOW)
+    absolute_py_modules(flow, tmp_path)
+    assert executor_config(flow).py_modules == (str(tmp_path / 'my_models.py'), 'clip_server.executors.clip_onnx')
+
+
+def test_the_ceiling_keeps_the_gateway_and_replaces_the_executor():
+    flow = load_flow(FLOW)
+    ceiling = ceiling_flow(flow, dim=512)
+    assert (ceiling['with'], ceiling['gateway']) == (flow['with'], flow['gateway'])
+    assert executor_config(ceiling).params == {'dim': 512}
+    assert executor_config(flow).jtype == 'CLIPEncoder'  # the Flow itself is unchanged
+    assert yaml.safe_load(yaml.safe_dump(ceiling)) == ceiling
+
+
+def test_inputs_are_the_same_on_every_run():
+    assert captions(5) == captions(5)
+    assert all(10 <= len(caption.split()) <= 25 for caption in captions(50))
+    assert photo_jpeg(1) == photo_jpeg(1) != photo_jpeg(2)
+    assert Image.open(io.BytesIO(photo_jpeg(1))).size == (640, 480)
+
+
+def test_batches_go_round():
+    assert list(itertools.islice(batches(range(5), 2), 3)) == [[0, 1], [2, 3], [0, 1]]
+
+
+def test_the_table_has_a_line_per_row_and_ratios_to_the_yardstick():
+    yardstick = Row('yardstick', Rate(100.0, (10.0,)), Rate(50.0, (20.0,)))
+    server = Row('server', Rate(80.0, tuple(float(ms) for ms in range(1, 101))), None)
+    lines = markdown_table([server, yardstick], yardstick).splitlines()
+    assert lines[0].startswith('| what | texts/s |') and lines[1].startswith('| --- |')
+    assert lines[2] == '| server | 80.0 | – | 0.80 | – | 50.5 / 99.0 | – |'
+    assert lines[3] == '| yardstick | 100.0 | 50.0 | 1.00 | 1.00 | 10.0 / 10.0 | 20.0 / 20.0 |'
+    assert '| – | – |' in markdown_table([server], None)
+    assert server_ratios([server], yardstick) == ['server / in-process, server: texts 0.80, images –']
+
+
+def test_session_processes_are_found_in_proc(tmp_path):
+    for pid, session in ((10, 10), (11, 10), (12, 99)):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / 'stat').write_text(f'{pid} (python -m (x)) S 1 {session} {session} 0 0')
+    assert sorted(session_pids(10, tmp_path)) == [10, 11]
+
+
+def test_cpu_name_comes_from_cpuinfo(tmp_path):
+    (tmp_path / 'cpuinfo').write_text('processor\t: 0\nmodel name\t: Some CPU @ 2.0GHz\n')
+    assert cpu_name(tmp_path / 'cpuinfo') == 'Some CPU @ 2.0GHz'
+    assert cpu_name(tmp_path / 'missing') == 'unknown'

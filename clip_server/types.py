@@ -8,9 +8,11 @@ runtime is decided in `clip_server.model.factory`.
 from __future__ import annotations
 
 import enum
+import functools
 import importlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 
@@ -93,16 +95,22 @@ class DType(enum.StrEnum):
     FP32 = 'fp32'
     FP16 = 'fp16'
     BF16 = 'bf16'
+    INT8 = 'int8'  # ONNX Runtime's dynamic quantization: int8 weights, activations quantized per call
 
 
-# The dtypes each runtime runs, first the one it defaults to on a CPU.
+# What `dtype: auto` (the default) picks; see `auto_dtype`.
+AUTO = 'auto'
+
+# The dtypes each runtime runs.
 RUNTIME_DTYPES: dict[Runtime, tuple[DType, ...]] = {
     Runtime.TORCH: (DType.FP32, DType.FP16, DType.BF16),
-    Runtime.ONNX: (DType.FP32, DType.FP16),
+    Runtime.ONNX: (DType.FP32, DType.FP16, DType.INT8),
     Runtime.TENSORRT: (DType.FP16, DType.FP32),
 }
 # Pairs that need a GPU: onnxruntime's CPU provider has few fp16 kernels (1.32 even crashes optimising them).
 GPU_ONLY_DTYPES = {(Runtime.ONNX, DType.FP16)}
+# Pairs that need a CPU: dynamically quantized graphs use integer kernels that only the CPU provider has.
+CPU_ONLY_DTYPES = {(Runtime.ONNX, DType.INT8)}
 
 
 @dataclass(frozen=True)
@@ -134,22 +142,51 @@ def parse_device(value: str | Device) -> Device:
     return Device(match[1], int(match[2]) if match[2] else None)
 
 
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags this CPU reports (Linux); empty where they cannot be read."""
+    try:
+        text = Path('/proc/cpuinfo').read_text()
+    except OSError:
+        return frozenset()
+    line = next((line for line in text.splitlines() if line.startswith('flags')), '')
+    return frozenset(line.partition(':')[2].split())
+
+
+def auto_dtype(runtime: Runtime, device: Device) -> tuple[DType, str]:
+    """The fastest precision that keeps embeddings within 0.999 cosine of fp32, and why.
+
+    fp16 on a GPU. bf16 on a CPU with AMX-BF16 tiles, where PyTorch's bf16 matrix products
+    run about 4x faster than fp32 (measured on ViT-B-32, see docs/benchmark.md). fp32 elsewhere:
+    without AMX, bf16 is emulated or barely faster, and ONNX Runtime has no bf16 CPU kernels.
+    """
+    if device.is_cuda:
+        return DType.FP16, 'a GPU runs half precision fastest'
+    if 'amx_bf16' in cpu_flags() and DType.BF16 in RUNTIME_DTYPES[runtime]:
+        return DType.BF16, 'this CPU has AMX-BF16 (set dtype: fp32 for exact fp32 output)'
+    return DType.FP32, 'no faster precision keeps fp32 accuracy on this CPU'
+
+
 def parse_dtype(value: str | DType | None, runtime: Runtime, device: Device | None = None) -> DType:
-    """`value` checked against what `runtime` runs (on `device`, when given); unset: fp16 on a
-    GPU, else fp32. Half precision pays off on a GPU; on a CPU it is slower and less exact.
+    """`value` checked against what `runtime` runs (on `device`, when given); unset or `auto`:
+    the fastest precision that stays within 0.999 cosine of fp32 there (`auto_dtype`).
     """
     supported = RUNTIME_DTYPES[runtime]
-    if value is None:
-        value = DType.FP16 if device and device.is_cuda else DType.FP32
+    if value is None or value == AUTO:
+        return auto_dtype(runtime, device or CPU)[0]
     try:
         dtype = DType(value)
     except ValueError:
         dtype = None
     if dtype not in supported:
-        names = ', '.join(d.value for d in supported)
+        names = ', '.join([AUTO, *(d.value for d in supported)])
         raise ConfigurationError(f'dtype {value!r} is not one of {names} for the {runtime.label} runtime')
     if device and (runtime, dtype) in GPU_ONLY_DTYPES and not device.is_cuda:
         raise ConfigurationError(
-            f'dtype {dtype.value} needs device cuda with the {runtime.label} runtime; on CPU use dtype fp32'
+            f'dtype {dtype.value} needs device cuda with the {runtime.label} runtime; on CPU use dtype fp32 or int8'
+        )
+    if device and (runtime, dtype) in CPU_ONLY_DTYPES and device.is_cuda:
+        raise ConfigurationError(
+            f'dtype {dtype.value} runs on CPU only with the {runtime.label} runtime; on a GPU use dtype fp16'
         )
     return dtype

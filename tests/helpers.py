@@ -38,7 +38,9 @@ def reference_image_embeddings(reference_model, images: list[Image.Image]) -> np
 
 
 def torch_encoder(spec: ModelSpec, weights, **options):
-    """The PyTorch runtime's encoder of `spec` with `weights`, built as the executor builds it."""
+    """The PyTorch runtime's encoder of `spec` with `weights`, built as the executor builds it
+    (in fp32 unless `dtype` says otherwise, to compare with open_clip's own output)."""
+    options.setdefault('dtype', 'fp32')
     return build_encoder(spec, Runtime.TORCH, EncoderOptions(model_path=weights, **options))
 
 
@@ -70,8 +72,13 @@ def flow_yaml(
     flow_extra: str = '',
     executor_extra: str = '',
 ) -> str:
-    """A Flow YAML like the bundled ones, on 127.0.0.1, with the tiny architectures registered."""
-    params = ''.join(f'\n        {key}: {value!r}' for key, value in (with_params or {}).items())
+    """A Flow YAML like the bundled ones, on 127.0.0.1, with the tiny architectures registered.
+
+    The encoder runs in fp32 unless `with_params` sets `dtype`, so its embeddings can be
+    compared with open_clip's own fp32 output.
+    """
+    with_params = {'dtype': 'fp32', **(with_params or {})}
+    params = ''.join(f'\n        {key}: {value!r}' for key, value in with_params.items())
     return f"""jtype: Flow
 version: '1'
 with:

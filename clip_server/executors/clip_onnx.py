@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from clip_server.executors.encoder_base import CLIPEncoderBase
-from clip_server.types import Runtime
+from clip_server.types import AUTO, Runtime
 
 
 class CLIPEncoder(CLIPEncoderBase):
@@ -17,9 +17,10 @@ class CLIPEncoder(CLIPEncoderBase):
     Exports are cached, so only the first start pays for them.
     `device` defaults to CUDA when both a GPU and onnxruntime's CUDA provider are there;
     CUDA without that provider is served on CPU, with a loud warning.
-    `dtype` (of exports) defaults to fp32 on CPU and fp16 on GPU; fp16 on CPU is refused,
-    as onnxruntime's CPU provider lacks fp16 kernels. A custom folder runs in the
-    precision it was saved in, so serve an fp16 folder on CUDA only.
+    `dtype` (of exports): `auto` (default) is fp16 on GPU and fp32 on CPU; `int8` quantizes
+    the export (CPU only, about 2x faster, see docs/benchmark.md for its accuracy); fp16 on
+    CPU is refused, as onnxruntime's CPU provider lacks fp16 kernels. A custom folder runs
+    in the precision it was saved in, so serve an fp16 folder on CUDA only.
     `intra_op_threads` defaults to this replica's share of the CPU cores.
     """
 
@@ -28,7 +29,7 @@ class CLIPEncoder(CLIPEncoderBase):
     def __init__(
         self,
         device: str | None = None,
-        dtype: str | None = None,
+        dtype: str = AUTO,
         intra_op_threads: int | None = None,
         **kwargs: Any,
     ):

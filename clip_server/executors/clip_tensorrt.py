@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from clip_server.executors.encoder_base import CLIPEncoderBase
-from clip_server.types import Runtime
+from clip_server.types import AUTO, Runtime
 
 
 class CLIPEncoder(CLIPEncoderBase):
@@ -13,8 +13,8 @@ class CLIPEncoder(CLIPEncoderBase):
 
     Engines are compiled from the model's ONNX export (`model_path` takes what the ONNX
     runtime takes: an export folder or PyTorch weights) at first start, then reused from the
-    cache for the same model, GPU and TensorRT version. `dtype` is fp16 (default; LayerNorm
-    and reductions stay fp32) or fp32. Engines accept up to `minibatch_size` rows.
+    cache for the same model, GPU and TensorRT version. `dtype` is fp16 (`auto`, the default;
+    LayerNorm and reductions stay fp32) or fp32. Engines accept up to `minibatch_size` rows.
     """
 
     runtime = Runtime.TENSORRT
@@ -22,7 +22,7 @@ class CLIPEncoder(CLIPEncoderBase):
     def __init__(
         self,
         device: str = 'cuda',
-        dtype: str = 'fp16',
+        dtype: str = AUTO,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)

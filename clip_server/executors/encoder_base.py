@@ -30,7 +30,7 @@ from clip_server.model.encoder import Encoder
 from clip_server.model.factory import EncoderOptions
 from clip_server.model.preprocess import Preprocessor
 from clip_server.model.registry import DEFAULT_MODEL, ModelSpec, resolve
-from clip_server.types import ConfigurationError, InvalidInputError, Runtime
+from clip_server.types import AUTO, ConfigurationError, InvalidInputError, Runtime, auto_dtype
 
 METRICS = {
     'preprocess_texts_seconds': 'Seconds spent tokenizing one text',
@@ -112,6 +112,9 @@ class CLIPEncoderBase(Executor):
         self.logger.info(
             f'{self.spec.name} ready on {self.runtime.label}, {self.model.description}, {self.spec.dim}-d embeddings'
         )
+        if runtime_options.get('dtype') in (None, AUTO):
+            why = auto_dtype(self.runtime, self.model.device)[1]
+            self.logger.info(f'dtype auto chose {self.model.dtype}: {why}')
 
     def cpu_threads(self) -> int:
         """Threads for one replica's inference: OMP_NUM_THREADS, else the cores split between replicas."""

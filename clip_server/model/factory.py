@@ -153,7 +153,7 @@ def _tensorrt(spec: ModelSpec, builder: FamilyBuilder, options: EncoderOptions, 
     from clip_server.model.runtimes.tensorrt_runtime import TensorRTEncoder, cached_engines
 
     device = usable_device(options.device or 'cuda')
-    dtype = parse_dtype(options.dtype or DType.FP16, Runtime.TENSORRT, device)
+    dtype = parse_dtype(options.dtype, Runtime.TENSORRT, device)
     onnx_folder = onnx_model_dir(spec, options.model_path, dtype=DType.FP32)
     engines = cached_engines(spec.name, onnx_folder, device=device, dtype=dtype, max_batch=options.max_batch)
     return TensorRTEncoder(engines, dim=spec.dim, device=device, dtype=dtype)
@@ -179,11 +179,13 @@ def export_onnx(
 ) -> Path:
     """Write `textual.onnx` and `visual.onnx` for `spec` built from `source` (see `locate`).
 
-    fp16 is converted on a GPU when there is one.
+    fp16 is converted on a GPU when there is one; int8 quantizes the fp32 graphs.
     """
-    from clip_server.model.runtimes.onnx_graphs import export_towers
+    from clip_server.model.runtimes.onnx_graphs import export_towers, quantize_graphs
 
     dtype = parse_dtype(dtype, Runtime.ONNX)  # an fp16 graph can be made without a GPU, not served
+    if dtype == DType.INT8:
+        return quantize_graphs(export_onnx(spec, source, folder, external_data=external_data))
     device = 'cuda' if dtype == DType.FP16 and torch.cuda.is_available() else 'cpu'
     builder = builder_for(spec)
     # Real-looking texts of different lengths, so the padding paths are traced too.

@@ -55,3 +55,10 @@ def text_inputs(
     if cut_at_end_of_text:
         return cut_after_end_of_text(tokens)
     return tokens, attention_mask(tokens)
+
+
+def rows_rule(pad_token_id: int | None, cut_at_end_of_text: bool) -> str:
+    """How a tower's text rows are sized, in words for the start-up log."""
+    if pad_token_id is not None or cut_at_end_of_text:
+        return 'texts sized to each batch'
+    return 'texts at full context'

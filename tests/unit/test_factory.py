@@ -5,16 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from clip_server import types
 from clip_server.model.encoder import Encoder
 from clip_server.model.factory import FAMILIES, EncoderOptions, build_encoder, check_supported, preprocessor
 from clip_server.model.registry import resolve
 from clip_server.types import (
+    CPU,
     ClipServerError,
     DType,
     Family,
     MissingExtraError,
     Runtime,
     UnsupportedError,
+    auto_dtype,
     parse_device,
     parse_dtype,
     require,
@@ -41,18 +44,38 @@ def test_encoders_share_one_interface(runtime, tiny_weights, tmp_path, monkeypat
     spec = resolve('tiny-vit')
     encoder = build_encoder(spec, runtime, EncoderOptions(model_path=tiny_weights['tiny-vit'], threads=1))
     assert isinstance(encoder, Encoder)
-    assert encoder.dim == spec.dim and encoder.dtype is DType.FP32 and str(encoder.device) == 'cpu'
+    assert encoder.dim == spec.dim and encoder.dtype is parse_dtype('auto', runtime, CPU)
+    assert str(encoder.device) == 'cpu'
     tokens = preprocessor(spec).tokenize(['a cat'])
     assert encoder.encode_text(tokens).dtype == np.float32
 
 
 def test_dtypes_are_checked_per_runtime_in_one_place():
     cpu, gpu = parse_device('cpu'), parse_device('cuda:1')
-    assert parse_dtype(None, Runtime.TORCH, cpu) is DType.FP32
-    assert parse_dtype(None, Runtime.ONNX, gpu) is DType.FP16
+    assert parse_dtype(None, Runtime.ONNX, gpu) is parse_dtype('auto', Runtime.TORCH, gpu) is DType.FP16
     assert parse_dtype('bf16', Runtime.TORCH, cpu) is DType.BF16
-    with pytest.raises(ClipServerError, match="dtype 'bf16' is not one of fp16, fp32 for the TensorRT runtime"):
+    assert parse_dtype('int8', Runtime.ONNX, cpu) is DType.INT8
+    with pytest.raises(ClipServerError, match="dtype 'bf16' is not one of auto, fp16, fp32 for the TensorRT runtime"):
         parse_dtype('bf16', Runtime.TENSORRT, gpu)
+    with pytest.raises(ClipServerError, match='dtype int8 runs on CPU only with the ONNX Runtime runtime'):
+        parse_dtype('int8', Runtime.ONNX, gpu)
+
+
+@pytest.mark.parametrize(
+    'flags, runtime, expected',
+    [
+        ({'avx512f', 'amx_bf16', 'avx512_bf16'}, Runtime.TORCH, DType.BF16),
+        ({'avx512f', 'avx512_bf16'}, Runtime.TORCH, DType.FP32),
+        ({'avx2'}, Runtime.TORCH, DType.FP32),
+        ({'amx_bf16'}, Runtime.ONNX, DType.FP32),  # no bf16 kernels in ONNX Runtime's CPU provider
+    ],
+)
+def test_auto_picks_bf16_only_on_cpus_with_amx(flags, runtime, expected, monkeypatch):
+    monkeypatch.setattr(types, 'cpu_flags', lambda: frozenset(flags))
+    dtype, why = auto_dtype(runtime, CPU)
+    assert dtype is expected and why
+    assert parse_dtype(None, runtime, CPU) is parse_dtype('auto', runtime, CPU) is expected
+    assert auto_dtype(runtime, parse_device('cuda'))[0] is DType.FP16
 
 
 @pytest.mark.parametrize('text, expected', [('cpu', 'cpu'), ('cuda', 'cuda'), ('CUDA:2', 'cuda:2')])

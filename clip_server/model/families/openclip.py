@@ -7,7 +7,6 @@ see `clip_server.model.weights` for where it comes from.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import zipfile
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 from clip_server.model.families.base import CONTEXT_LENGTH, FamilyBuilder, Tokenizer, Towers
+from clip_server.model.quiet import without_root_log
 from clip_server.model.registry import ModelSpec
 from clip_server.model.torch_utils import rebuilt_buffers
 from clip_server.model.weights import locate_weights
@@ -44,7 +44,8 @@ def create_open_clip_model(
     import open_clip
 
     archive = weights is not None and is_torchscript_archive(weights)
-    with _quiet_about_random_init() if archive else contextlib.nullcontext():
+    # open_clip warns that the model is random; the archive's weights are loaded right after
+    with without_root_log('No pretrained weights loaded') if archive else contextlib.nullcontext():
         model = open_clip.create_model(
             spec.arch,
             pretrained=str(Path(weights)) if weights and not archive else None,
@@ -73,21 +74,6 @@ def _archive_state_dict(path: str | os.PathLike, model: torch.nn.Module) -> dict
     for name in rebuilt_buffers(model) | {'input_resolution', 'context_length', 'vocab_size'}:
         state.pop(name, None)
     return state
-
-
-@contextlib.contextmanager
-def _quiet_about_random_init():
-    """open_clip warns that the model is random; the archive's weights are loaded right after."""
-
-    def drop(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith('No pretrained weights loaded')
-
-    root = logging.getLogger()
-    root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
 
 
 class OpenCLIPText(torch.nn.Module):

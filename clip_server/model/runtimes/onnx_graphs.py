@@ -23,6 +23,7 @@ import torch
 
 from clip_server.model.cache_build import digest
 from clip_server.model.families.base import Towers
+from clip_server.model.quiet import without_root_log
 from clip_server.model.runtimes.onnx_runtime import (
     CUT_AT_END_OF_TEXT,
     IMAGE_FILE,
@@ -212,6 +213,30 @@ def _declare_unused_inputs(graph, inputs: tuple[str, ...]) -> None:
             value = graph.graph.input.add()
             value.name = name
             value.type.tensor_type.CopyFrom(first)
+
+
+def quantize_graphs(folder: str | os.PathLike) -> Path:
+    """Replace both fp32 graphs in `folder` by ONNX Runtime's dynamic int8 quantization of them.
+
+    Weights of MatMul/Gemm (and attention) become int8; activations are quantized per call
+    on the fly, so no calibration data is needed. Runs on CPU only (integer kernels).
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = Path(folder)
+    for name in (TEXT_FILE, IMAGE_FILE):
+        started, graph = time.monotonic(), folder / name
+        quantized = folder / f'int8-{name}'
+        with without_root_log('Please consider to run pre-processing'):  # its optional shape-inference pass
+            quantize_dynamic(graph, quantized, weight_type=QuantType.QInt8)
+        metadata = {prop.key: prop.value for prop in onnx.load(str(graph), load_external_data=False).metadata_props}
+        model = onnx.load(str(quantized))
+        onnx.helper.set_model_props(model, metadata)  # the text graph's row rule
+        onnx.save_model(model, str(graph))
+        quantized.unlink()
+        Path(f'{graph}.data').unlink(missing_ok=True)
+        logger.info('%s quantized to int8 in %.1fs', name, time.monotonic() - started)
+    return folder
 
 
 def export_key(files: Sequence[str | os.PathLike], dtype: DType) -> str:

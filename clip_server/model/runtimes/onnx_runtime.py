@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clip_server.model.tokens import text_inputs
+from clip_server.model.tokens import rows_rule, text_inputs
 from clip_server.types import CPU as CPU_DEVICE
 from clip_server.types import Device, DType, ModelFolderError, parse_device, require
 
@@ -155,13 +155,14 @@ class ONNXEncoder:
         self.providers = self._image.session.get_providers()
         self.device, self.dtype = device, dtype
         self.dim = self._text.session.get_outputs()[0].shape[1]
-        self.description = ', '.join(self.providers)
         if providers[0] != CPU and CUDA not in self.providers:
             _warn_no_cuda(f"{CUDA} did not load (see onnxruntime's messages above)")
         metadata = self._text.session.get_modelmeta().custom_metadata_map
         pad = metadata.get(PAD_TOKEN_ID)
         self._pad_token_id = pad_token_id if pad_token_id is not None else int(pad) if pad is not None else None
         self._cut_at_end_of_text = metadata.get(CUT_AT_END_OF_TEXT) == 'true'
+        rows = rows_rule(self._pad_token_id, self._cut_at_end_of_text)
+        self.description = f'{", ".join(self.providers)} ({dtype}, {rows})'
         spatial = self._image.shapes[IMAGE_INPUT][2:]
         if image_size and all(isinstance(side, int) for side in spatial) and spatial != [image_size] * 2:
             raise ModelFolderError(

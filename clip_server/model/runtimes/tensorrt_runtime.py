@@ -20,7 +20,7 @@ import torch
 from clip_server.model.cache_build import build_once, digest, folder_name
 from clip_server.model.families.base import CONTEXT_LENGTH
 from clip_server.model.runtimes.onnx_runtime import IMAGE_FILE, IMAGE_INPUT, TEXT_FILE, TEXT_INPUTS
-from clip_server.model.tokens import text_inputs
+from clip_server.model.tokens import rows_rule, text_inputs
 from clip_server.model.weights import cache_dir
 from clip_server.types import Device, DType, RuntimeUnavailableError
 
@@ -212,8 +212,8 @@ class TensorRTEncoder:
 
     def __init__(self, engine_folder: Path, *, dim: int, device: Device, dtype: DType):
         self.dim, self.device, self.dtype = dim, device, dtype
-        self.description = f'TensorRT on {device} ({dtype})'
         self._textual = _Engine(engine_folder / ENGINE_FILES[TEXT_FILE], torch.device(str(device)))
+        self.description = f'TensorRT on {device} ({dtype}, {rows_rule(None, self._textual.any_length)})'
         self._visual = _Engine(engine_folder / ENGINE_FILES[IMAGE_FILE], torch.device(str(device)))
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from clip_server.model.families.base import Towers
-from clip_server.model.tokens import text_inputs
+from clip_server.model.tokens import rows_rule, text_inputs
 from clip_server.model.torch_utils import TORCH_DTYPES
 from clip_server.types import Device, DType
 
@@ -27,7 +27,8 @@ class TorchEncoder:
         if not device.is_cuda and threads:
             torch.set_num_threads(threads)
         self.dim, self.device, self.dtype = dim, device, dtype
-        self.description = f'{device} ({dtype}{", TorchScript" if jit else ""})'
+        rows = rows_rule(towers.pad_token_id, towers.cut_at_end_of_text)
+        self.description = f'{device} ({dtype}{", TorchScript" if jit else ""}, {rows})'
         self._device = torch.device(str(device))
         self._dtype = TORCH_DTYPES[dtype]
         self._pad_token_id = towers.pad_token_id

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# The checks that need an NVIDIA GPU, in one run of under 8 minutes:
+#   1. what the machine has: the GPU, CUDA in torch, onnxruntime's providers, TensorRT;
+#   2. the GPU-only tests, which every other machine skips, so here they must run, not skip;
+#   3. ViT-B-32 throughput of PyTorch fp16, ONNX Runtime on CUDA (fp16) and TensorRT (fp16) at
+#      batch 32 and 256, in-process, with random weights saved to a file: nothing is downloaded.
+#
+#   benchmarks/gpu_check.sh [--install] [--dry-run] [--seconds S]
+#
+#   --install    first pip install -e '.[onnx,tensorrt,test]' and swap onnxruntime for onnxruntime-gpu
+#                (needs a package index or a wheel cache; its time is not in the 8 minutes)
+#   --dry-run    print the commands without running them, on any machine
+#   --seconds S  measuring time of each throughput cell (default 3)
+#
+# Each stage has its own time limit (45 + 120 + 300 s), so a hang cannot take the others' time;
+# throughput lines are printed as they are measured, TensorRT last, as its engine builds are the
+# slowest part (one engine pair per batch size, as a server builds them for its minibatch_size).
+# The exit status is non-zero if any stage failed, timed out, or skipped a GPU-only test.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export JINA_OPTOUT_TELEMETRY=1 NO_VERSION_CHECK=1 HF_HUB_OFFLINE=1
+PYTHON=${PYTHON:-python}
+
+# The GPU-only tests: `needs_gpu` in tests/unit/test_tensorrt.py (TensorRT and a CUDA GPU). No
+# other test is skipped for lack of CUDA; tests/unit/test_openclip_model.py's
+# test_bad_runtime_options_are_named only leaves out its no-CUDA assertion where CUDA is present.
+GPU_TESTS=(
+  'tests/unit/test_tensorrt.py::test_tensorrt_matches_pytorch'
+  'tests/unit/test_tensorrt.py::test_engines_are_built_once_and_reused'
+)
+
+install=0 dry_run=0 seconds=3
+while (($#)); do
+  case $1 in
+    --install) install=1 ;;
+    --dry-run) dry_run=1 ;;
+    --seconds) seconds=${2:?--seconds needs a value}; shift ;;
+    *) echo "usage: $0 [--install] [--dry-run] [--seconds S]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+failed=() stage=''
+
+step() {
+  stage=$*
+  printf '\n== %s\n' "$stage"
+}
+
+# Show a command, then run it unless this is a dry run; a failure is recorded, not fatal.
+run() {
+  echo "+ $*"
+  ((dry_run)) && return 0
+  "$@"
+  local status=$?
+  ((status == 124)) && echo "!! timed out: $*"
+  ((status)) && failed+=("$stage: status $status from: $*")
+  return "$status"
+}
+
+# Prints the runtimes this machine can measure (on stdout) and what it has (on stderr).
+PREFLIGHT='
+import importlib.util, sys
+import torch
+if not torch.cuda.is_available():
+    sys.exit("torch sees no CUDA GPU: nothing here can be checked")
+say = lambda line: print(line, file=sys.stderr)
+say(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
+runtimes = ["torch"]
+if importlib.util.find_spec("onnxruntime") is None:
+    say("ONNX Runtime skipped: onnxruntime is not installed (--install)")
+else:
+    import onnxruntime as ort
+    say(f"onnxruntime {ort.__version__}: {ort.get_available_providers()}")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        runtimes.append("onnx")
+    else:
+        say("ONNX Runtime skipped: this onnxruntime has no CUDA provider; install onnxruntime-gpu (--install)")
+if importlib.util.find_spec("tensorrt") is None:
+    say("TensorRT skipped: tensorrt is not installed (--install)")
+else:
+    import tensorrt
+    say(f"TensorRT {tensorrt.__version__}")
+    runtimes.append("tensorrt")
+print(" ".join(runtimes))
+'
+
+if ((install)); then
+  step 'install'
+  run "$PYTHON" -m pip install -e '.[onnx,tensorrt,test]'
+  # onnxruntime and onnxruntime-gpu install the same module: remove the CPU build first
+  run "$PYTHON" -m pip uninstall -y onnxruntime
+  run "$PYTHON" -m pip install 'onnxruntime-gpu>=1.17'
+fi
+
+step 'machine (limit 45 s)'
+run timeout 15 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+echo "+ $PYTHON -c \"\$PREFLIGHT\""
+if ((dry_run)); then
+  runtimes='torch onnx tensorrt'
+elif ! runtimes=$(timeout 30 "$PYTHON" -c "$PREFLIGHT"); then
+  echo '!! no usable GPU: stopping here'
+  exit 1
+fi
+echo "runtimes to measure: $runtimes"
+
+step 'GPU-only tests (limit 120 s)'
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+run timeout 120 "$PYTHON" -m pytest -q -rs -p no:cacheprovider "${GPU_TESTS[@]}" >"$log" 2>&1
+cat "$log"
+if ((!dry_run)) && grep -Eq '[0-9]+ skipped' "$log"; then
+  echo '!! GPU-only tests were skipped: they must run on this machine (see the reasons above)'
+  failed+=("$stage: skipped")
+fi
+
+step 'ViT-B-32 throughput, fp16 on cuda (limit 300 s)'
+# shellcheck disable=SC2086  # one word per runtime
+run timeout 300 "$PYTHON" benchmarks/runtime_throughput.py --model ViT-B-32 --device cuda --dtype fp16 \
+  --batch 32 256 --runtime $runtimes --seconds "$seconds"
+
+step 'summary'
+if ((dry_run)); then
+  echo 'dry run: nothing was run'
+elif ((${#failed[@]})); then
+  printf '!! %s\n' "${failed[@]}"
+  exit 1
+else
+  echo 'all GPU checks passed'
+fi

@@ -153,18 +153,24 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(line.partition(':')[2].split())
 
 
+# CPU flags of native bf16 matrix products: AMX tiles (about 4x fp32 measured with ViT-B-32 on
+# a Xeon), AVX512-BF16 dot products (about 2x on an AMD EPYC without AMX; see docs/benchmark.md).
+BF16_CPU_FLAGS = ('amx_bf16', 'avx512_bf16')
+
+
 def auto_dtype(runtime: Runtime, device: Device) -> tuple[DType, str]:
     """The fastest precision that keeps embeddings within 0.999 cosine of fp32, and why.
 
-    fp16 on a GPU. bf16 on a CPU with AMX-BF16 tiles, where PyTorch's bf16 matrix products
-    run about 4x faster than fp32 (measured on ViT-B-32, see docs/benchmark.md). fp32 elsewhere:
-    without AMX, bf16 is emulated or barely faster, and ONNX Runtime has no bf16 CPU kernels.
+    fp16 on a GPU. bf16 on a CPU with native bf16 instructions (`BF16_CPU_FLAGS`) where the
+    runtime runs it (PyTorch). fp32 elsewhere: without those instructions bf16 is emulated and
+    slower than fp32, and ONNX Runtime has no bf16 CPU kernels.
     """
     if device.is_cuda:
         return DType.FP16, 'a GPU runs half precision fastest'
-    if 'amx_bf16' in cpu_flags() and DType.BF16 in RUNTIME_DTYPES[runtime]:
-        return DType.BF16, 'this CPU has AMX-BF16 (set dtype: fp32 for exact fp32 output)'
-    return DType.FP32, 'no faster precision keeps fp32 accuracy on this CPU'
+    native = [flag for flag in BF16_CPU_FLAGS if flag in cpu_flags()]
+    if native and DType.BF16 in RUNTIME_DTYPES[runtime]:
+        return DType.BF16, f'this CPU runs bf16 natively ({native[0]}); set dtype: fp32 for exact fp32 output'
+    return DType.FP32, 'no faster precision keeps fp32 accuracy here'
 
 
 def parse_dtype(value: str | DType | None, runtime: Runtime, device: Device | None = None) -> DType:

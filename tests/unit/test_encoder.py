@@ -17,7 +17,7 @@ from helpers import encoded, reference_image_embeddings, reference_text_embeddin
 
 @pytest.fixture(scope='module')
 def encoder(tiny_weights):
-    encoder = CLIPEncoder(name='tiny-vit', model_path=str(tiny_weights['tiny-vit']), minibatch_size=2)
+    encoder = CLIPEncoder(name='tiny-vit', model_path=str(tiny_weights['tiny-vit']), minibatch_size=2, dtype='fp32')
     yield encoder
     encoder.close()
 

@@ -65,12 +65,13 @@ def test_dtypes_are_checked_per_runtime_in_one_place():
     'flags, runtime, expected',
     [
         ({'avx512f', 'amx_bf16', 'avx512_bf16'}, Runtime.TORCH, DType.BF16),
-        ({'avx512f', 'avx512_bf16'}, Runtime.TORCH, DType.FP32),
+        ({'avx512f', 'avx512_bf16'}, Runtime.TORCH, DType.BF16),
+        ({'avx512f', 'avx512_vnni'}, Runtime.TORCH, DType.FP32),
         ({'avx2'}, Runtime.TORCH, DType.FP32),
         ({'amx_bf16'}, Runtime.ONNX, DType.FP32),  # no bf16 kernels in ONNX Runtime's CPU provider
     ],
 )
-def test_auto_picks_bf16_only_on_cpus_with_amx(flags, runtime, expected, monkeypatch):
+def test_auto_picks_bf16_only_on_cpus_that_run_it_natively(flags, runtime, expected, monkeypatch):
     monkeypatch.setattr(types, 'cpu_flags', lambda: frozenset(flags))
     dtype, why = auto_dtype(runtime, CPU)
     assert dtype is expected and why

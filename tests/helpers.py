@@ -71,12 +71,19 @@ def flow_yaml(
     with_params: dict | None = None,
     flow_extra: str = '',
     executor_extra: str = '',
+    batching: tuple[int, int] | None = None,
 ) -> str:
     """A Flow YAML like the bundled ones, on 127.0.0.1, with the tiny architectures registered.
 
     The encoder runs in fp32 unless `with_params` sets `dtype`, so its embeddings can be
-    compared with open_clip's own fp32 output.
+    compared with open_clip's own fp32 output. `batching` (preferred batch size, timeout in
+    ms) turns on cross-request batching as the bundled Flows do, with `InputErrors` after it.
     """
+    if batching:
+        size, timeout = batching
+        executor_extra += (
+            f'\n    uses_dynamic_batching:\n      encode: {{preferred_batch_size: {size}, timeout: {timeout}}}'
+        )
     with_params = {'dtype': 'fp32', **(with_params or {})}
     params = ''.join(f'\n        {key}: {value!r}' for key, value in with_params.items())
     return f"""jtype: Flow
@@ -95,6 +102,15 @@ executors:
         py_modules:
           - {TESTS / 'tiny_models.py'}
           - {module}
+""" + (_INPUT_ERRORS if batching else '')
+
+
+_INPUT_ERRORS = """  - name: input_errors
+    uses:
+      jtype: InputErrors
+      metas:
+        py_modules:
+          - clip_server.executors.input_errors
 """
 
 

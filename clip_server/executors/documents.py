@@ -36,11 +36,29 @@ def modality(doc: Document) -> Modality:
     return Modality.EMPTY
 
 
-def split_by_modality(docs: DocumentArray) -> dict[Modality, list[Document]]:
+# A document the encoder could not read, with the reason (naming the document).
+Failure = tuple[Document, str]
+
+# The tag that carries a document's failure to the `InputErrors` executor (cross-request batching).
+ERROR_TAG = 'clip_server_error'
+
+
+def split_by_modality(docs: DocumentArray) -> tuple[dict[Modality, list[Document]], list[Failure]]:
+    """The documents grouped by what they hold, and those that hold something not accepted."""
     groups: dict[Modality, list[Document]] = {m: [] for m in Modality}
+    failed: list[Failure] = []
     for doc in docs:
-        groups[modality(doc)].append(doc)
-    return groups
+        try:
+            groups[modality(doc)].append(doc)
+        except InvalidInputError as exc:
+            failed.append((doc, str(exc)))
+    return groups, failed
+
+
+def summary(messages: list[str]) -> str:
+    """One error message for a request with failed documents: the first reason, and how many more."""
+    more = f' (and {len(messages) - 1} more documents could not be read)' if len(messages) > 1 else ''
+    return messages[0] + more
 
 
 def text_of(doc: Document) -> str:
@@ -50,15 +68,12 @@ def text_of(doc: Document) -> str:
 
 
 def image_of(doc: Document) -> Image.Image:
-    """Decode whichever image content the document carries; errors name the document."""
-    try:
-        if doc.blob:
-            return image_from_bytes(doc.blob)
-        if doc.tensor is not None:
-            return image_from_array(_as_uint8(np.asarray(doc.tensor)))
-        return image_from_bytes(bytes_from_data_uri(doc.uri))
-    except InvalidInputError as exc:
-        raise InvalidInputError(f'document {doc.id}: {exc}') from exc
+    """Decode whichever image content the document carries."""
+    if doc.blob:
+        return image_from_bytes(doc.blob)
+    if doc.tensor is not None:
+        return image_from_array(_as_uint8(np.asarray(doc.tensor)))
+    return image_from_bytes(bytes_from_data_uri(doc.uri))
 
 
 def _as_uint8(array: np.ndarray) -> np.ndarray:

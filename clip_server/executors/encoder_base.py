@@ -18,10 +18,13 @@ from docarray import Document, DocumentArray
 from jina import Executor, requests
 
 from clip_server.executors.documents import (
+    ERROR_TAG,
+    Failure,
     Modality,
     drop_image_content,
     image_of,
     split_by_modality,
+    summary,
     text_of,
 )
 from clip_server.executors.ranking import rank_matches
@@ -81,6 +84,8 @@ class CLIPEncoderBase(Executor):
         self._model_path = model_path
         self._access_paths = access_paths
         self.minibatch_size = minibatch_size
+        # jina's dynamic batching (`uses_dynamic_batching`) mixes documents of several requests in one call
+        self._batched = bool(getattr(self, 'dynamic_batching', None))
         self._pool = ThreadPoolExecutor(num_worker_preprocess, thread_name_prefix='clip-preprocess')
         for metric, documentation in METRICS.items():  # create once here, not racing in worker threads
             self.monitor(metric, documentation)
@@ -127,19 +132,23 @@ class CLIPEncoderBase(Executor):
     def rank(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
         queries = docs[self._paths(parameters)]
         everything = list(queries) + [match for query in queries for match in query.matches]
-        self._embed(everything, skip_empty=False)
+        failed = self._embed(everything, skip_empty=False)
+        unread = {id(doc) for doc, _ in failed}
         for query in queries:
-            rank_matches(query)
+            if id(query) not in unread and not any(id(match) in unread for match in query.matches):
+                rank_matches(query)
         if parameters.get('drop_image_content', False):
             drop_image_content(everything)
+        self._report(failed)
         return docs
 
     @requests
     def encode(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
         targets = list(docs[self._paths(parameters)])
-        self._embed(targets, skip_empty=True)
+        failed = self._embed(targets, skip_empty=True)
         if parameters.get('drop_image_content', False):
             drop_image_content(targets)
+        self._report(failed)
         return docs
 
     def close(self) -> None:
@@ -149,15 +158,28 @@ class CLIPEncoderBase(Executor):
     def _paths(self, parameters: dict) -> str:
         return parameters.get('access_paths') or parameters.get('traversal_paths') or self._access_paths
 
-    def _embed(self, docs: list[Document], skip_empty: bool) -> None:
-        groups = split_by_modality(docs)
+    def _report(self, failed: list[Failure]) -> None:
+        """Fail the request naming its unreadable documents, or, when jina batches documents of
+        several requests into this call, tag them for `InputErrors` to fail just their requests
+        (an exception here would fail every request in the batch)."""
+        if not failed:
+            return
+        if not self._batched:
+            raise InvalidInputError(summary([message for _, message in failed]))
+        for doc, message in failed:
+            doc.tags[ERROR_TAG] = message
+
+    def _embed(self, docs: list[Document], skip_empty: bool) -> list[Failure]:
+        """Embed every readable document; return the others with their reasons."""
+        groups, failed = split_by_modality(docs)
         empty = groups[Modality.EMPTY]
         if empty and not skip_empty:
-            raise InvalidInputError(f'document {empty[0].id} has no text, blob, tensor or data URI to encode')
-        if empty:
+            failed += [(doc, f'document {doc.id} has no text, blob, tensor or data URI to encode') for doc in empty]
+        elif empty:
             self.logger.warning(f'{len(empty)} document(s) without content left without embedding, e.g. {empty[0].id}')
-        self._encode_group(groups[Modality.TEXT], self._prepare_text, self.model.encode_text, 'texts')
-        self._encode_group(groups[Modality.IMAGE], self._prepare_image, self.model.encode_image, 'images')
+        self._encode_group(groups[Modality.TEXT], self._prepare_text, self.model.encode_text, 'texts', failed)
+        self._encode_group(groups[Modality.IMAGE], self._prepare_image, self.model.encode_image, 'images', failed)
+        return failed
 
     def _prepare_text(self, doc: Document) -> np.ndarray:
         with self.monitor('preprocess_texts_seconds'):
@@ -173,25 +195,40 @@ class CLIPEncoderBase(Executor):
         prepare: Callable[[Document], np.ndarray],
         encode: Callable[[np.ndarray], np.ndarray],
         kind: str,
+        failed: list[Failure],
     ) -> None:
         for batch, inputs in self._prefetched(minibatches(docs, self.minibatch_size), prepare):
+            ready = [(doc, array) for doc, array in zip(batch, inputs, strict=True) if isinstance(array, np.ndarray)]
+            failed += [(doc, reason) for doc, reason in zip(batch, inputs, strict=True) if isinstance(reason, str)]
+            if not ready:
+                continue
             with self.monitor(f'encode_{kind}_seconds'):
-                embeddings = encode(np.stack(inputs))
-            for doc, embedding in zip(batch, embeddings, strict=True):
+                embeddings = encode(np.stack([array for _, array in ready]))
+            for (doc, _), embedding in zip(ready, embeddings, strict=True):
                 doc.embedding = embedding
 
     def _prefetched(
         self, batches: Iterable[list[Document]], prepare: Callable[[Document], np.ndarray]
-    ) -> Iterator[tuple[list[Document], list[np.ndarray]]]:
+    ) -> Iterator[tuple[list[Document], list[np.ndarray | str]]]:
         """Yield each minibatch's inputs while the workers already prepare the next minibatch."""
         queued: deque[tuple[list[Document], list[Future]]] = deque()
         for batch in batches:
-            queued.append((batch, [self._pool.submit(prepare, doc) for doc in batch]))
+            queued.append((batch, [self._pool.submit(self._prepared, prepare, doc) for doc in batch]))
             if len(queued) > 1:
                 yield self._collect(*queued.popleft())
         while queued:
             yield self._collect(*queued.popleft())
 
+    def _prepared(self, prepare: Callable[[Document], np.ndarray], doc: Document) -> np.ndarray | str:
+        """The document's model input, or why it has none: one bad document costs only itself."""
+        try:
+            return prepare(doc)
+        except InvalidInputError as exc:
+            return f'document {doc.id}: {exc}'
+        except Exception as exc:  # a decoder's or transform's own failure is still this document's
+            self.logger.warning(f'document {doc.id} could not be preprocessed: {exc!r}')
+            return f'document {doc.id}: cannot be preprocessed ({type(exc).__name__}: {exc})'
+
     @staticmethod
-    def _collect(batch: list[Document], futures: list[Future]) -> tuple[list[Document], list[np.ndarray]]:
+    def _collect(batch: list[Document], futures: list[Future]) -> tuple[list[Document], list[np.ndarray | str]]:
         return batch, [future.result() for future in futures]

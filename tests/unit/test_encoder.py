@@ -11,6 +11,8 @@ from docarray import Document, DocumentArray
 from PIL import Image
 
 from clip_server.executors.clip_torch import CLIPEncoder
+from clip_server.executors.documents import ERROR_TAG
+from clip_server.executors.input_errors import InputErrors
 from clip_server.types import InvalidInputError
 from helpers import encoded, reference_image_embeddings, reference_text_embeddings, sample_image
 
@@ -157,3 +159,63 @@ def test_misspelt_parameters_are_refused_with_the_right_names(tiny_weights):
     with pytest.raises(TypeError, match='unknown parameter.s. minibatch_sise for CLIPEncoder') as error:
         CLIPEncoder(name='tiny-vit', model_path=str(tiny_weights['tiny-vit']), minibatch_sise=8)
     assert 'minibatch_size' in str(error.value) and 'jit' in str(error.value)
+
+
+@pytest.fixture(scope='module')
+def batched_encoder(tiny_weights):
+    """The encoder as jina builds it with `uses_dynamic_batching`: one call may hold several requests."""
+    encoder = CLIPEncoder(
+        name='tiny-vit',
+        model_path=str(tiny_weights['tiny-vit']),
+        dtype='fp32',
+        dynamic_batching={'encode': {'preferred_batch_size': 8, 'timeout': 10}},
+    )
+    yield encoder
+    encoder.close()
+
+
+def test_a_batched_call_tags_bad_documents_and_serves_the_others(batched_encoder, encoder):
+    docs = DocumentArray(
+        [
+            Document(id='good-text', text='a dog'),
+            Document(id='corrupt', blob=b'\xff\xd8 not a jpeg'),
+            Document(id='good-image', blob=encoded(sample_image(3))),
+            Document(id='url', uri='https://example.com/cat.jpg'),
+        ]
+    )
+    assert batched_encoder.encode(docs, {}) is docs  # no exception: other requests share this call
+    expected = DocumentArray([Document(text='a dog'), Document(blob=encoded(sample_image(3)))])
+    encoder.encode(expected, {})
+    np.testing.assert_allclose(docs['good-text'].embedding, expected[0].embedding, atol=1e-6)
+    np.testing.assert_allclose(docs['good-image'].embedding, expected[1].embedding, atol=1e-6)
+    assert docs['corrupt'].embedding is None and docs['url'].embedding is None
+    assert docs['corrupt'].tags[ERROR_TAG].startswith('document corrupt: cannot decode image')
+    assert 'does not read files or fetch URLs' in docs['url'].tags[ERROR_TAG]
+    assert ERROR_TAG not in docs['good-text'].tags and ERROR_TAG not in docs['good-image'].tags
+
+
+def test_input_errors_fails_only_requests_with_tagged_documents():
+    checker = InputErrors()
+    checker.check(DocumentArray([Document(text='fine', embedding=np.ones(2))]))
+    bad = DocumentArray([Document(text='q', matches=[Document(tags={ERROR_TAG: 'document m: cannot decode image'})])])
+    with pytest.raises(InvalidInputError, match='^document m: cannot decode image$'):
+        checker.check(bad)
+    two = DocumentArray([Document(tags={ERROR_TAG: f'document {i}: broken'}) for i in range(2)])
+    with pytest.raises(InvalidInputError, match=r'document 0: broken \(and 1 more documents could not be read\)'):
+        checker.check(two)
+
+
+def test_unbatched_requests_name_the_first_bad_document_and_count_the_rest(encoder):
+    docs = DocumentArray([Document(id=f'bad{i}', blob=b'junk') for i in range(3)] + [Document(text='fine')])
+    with pytest.raises(InvalidInputError, match=r'document bad0: cannot decode .* \(and 2 more documents'):
+        encoder.encode(docs, {})
+
+
+def test_a_batched_rank_leaves_a_query_with_a_bad_match_unranked(batched_encoder):
+    good = Document(id='q1', text='a cat', matches=[Document(text='cat'), Document(text='dog')])
+    bad = Document(id='q2', text='a dog', matches=[Document(id='m-bad', blob=b'junk'), Document(text='dog')])
+    docs = DocumentArray([good, bad])
+    batched_encoder.rank(docs, {})
+    assert all('clip_score' in m.scores for m in docs['q1'].matches)
+    assert docs['q2'].matches['m-bad'].tags[ERROR_TAG].startswith('document m-bad: cannot decode image')
+    assert not any('clip_score' in m.scores for m in docs['q2'].matches)

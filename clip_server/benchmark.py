@@ -194,13 +194,14 @@ def use_local_ports(flow: dict, free_port: Callable[[], int]) -> int:
 
 
 def ceiling_flow(flow: dict, dim: int) -> dict:
-    """The same Flow with a no-op executor in place of the encoder: the gateway's ceiling."""
+    """The same Flow with a no-op executor in place of the encoder (the executors after it,
+    such as `InputErrors`, kept): the ceiling of the serving stack around the model."""
     noop = {
         'jtype': 'BenchmarkNoopEncoder',
         'with': {'dim': dim},
         'metas': {'py_modules': ['clip_server.benchmark_noop']},
     }
-    return {**flow, 'executors': [{'name': 'noop', 'uses': noop}]}
+    return {**flow, 'executors': [{'name': 'noop', 'uses': noop}, *flow['executors'][1:]]}
 
 
 @dataclass(frozen=True)
@@ -215,10 +216,11 @@ class ExecutorConfig:
 
 
 def executor_config(flow: dict) -> ExecutorConfig:
-    """Read the executor as jina would: `uses:` with its `with:` and `metas:`, overridden by `uses_with:`."""
+    """Read the encoder (the Flow's first executor; `InputErrors` may follow it) as jina would:
+    `uses:` with its `with:` and `metas:`, overridden by `uses_with:`."""
     executors = flow.get('executors') or []
-    if len(executors) != 1:
-        raise BenchmarkError(f'the Flow has {len(executors)} executors; the benchmark measures one (replicas are fine)')
+    if not executors:
+        raise BenchmarkError('the Flow has no executor; the benchmark measures its first one, the encoder')
     executor = executors[0]
     uses = executor.get('uses')
     if not isinstance(uses, dict) or 'jtype' not in uses:

@@ -25,13 +25,16 @@ FLOWS = {
 
 
 def containerized(bundled: str, image: str) -> str:
-    """The documented recipe: the executor's `uses` becomes the image, its `with` `uses_with`."""
+    """The documented recipe: the encoder alone, encoding each request on its own (the images
+    hold the encoder, not `InputErrors`); its `uses` becomes the image, its `with` `uses_with`."""
     flow = yaml.safe_load(bundled_flow(bundled).read_text())
-    for executor in flow['executors']:
-        uses = executor.pop('uses')
-        executor['uses'] = f'docker://{image}'
-        executor['uses_with'] = {**uses.get('with', {}), 'name': 'ViT-B-32::openai'}
-        executor['replicas'] = 2
+    executor = flow['executors'][0]
+    executor.pop('uses_dynamic_batching')
+    uses = executor.pop('uses')
+    executor['uses'] = f'docker://{image}'
+    executor['uses_with'] = {**uses.get('with', {}), 'name': 'ViT-B-32::openai'}
+    executor['replicas'] = 2
+    flow['executors'] = [executor]
     return yaml.safe_dump(flow, sort_keys=False)
 
 

@@ -105,7 +105,7 @@ def test_a_tagged_executor_is_read_like_a_jtype():
     'text, message',
     [
         ('jtype: Executor\n', 'does not describe a Flow'),
-        ('jtype: Flow\n', 'has 0 executors'),
+        ('jtype: Flow\n', 'has no executor'),
         ('jtype: Flow\nexecutors:\n  - uses: encoder.yml\n', 'must be a mapping'),
     ],
 )

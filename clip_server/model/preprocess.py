@@ -30,11 +30,18 @@ def image_transform(spec: ModelSpec):
 
 
 class Preprocessor:
-    """Texts into token rows and images into pixels, as the model was trained on them."""
+    """Texts into token rows and images into pixels, as the model was trained on them.
+
+    The transform's PIL steps (resize, crop, RGB) run as they are; its last two, ToTensor and
+    Normalize, run in numpy with the same float32 arithmetic (identical pixels). torch would
+    run them on its intra-op threads, which the model's forward pass is using at the same
+    time: the preprocessing workers and the model then fight over the cores.
+    """
 
     def __init__(self, tokenizer: Tokenizer, transform):
         self._tokenizer = tokenizer
         self._transform = transform
+        self._pil_steps, self._normalization = _split_transform(transform)
 
     @property
     def pad_token_id(self) -> int | None:
@@ -48,4 +55,21 @@ class Preprocessor:
 
     def pixels(self, image: Image.Image) -> np.ndarray:
         """float32 [3, S, S]: RGB, short side resized, center-cropped, normalised."""
-        return self._transform(image).numpy()
+        if self._normalization is None:
+            return self._transform(image).numpy()
+        for step in self._pil_steps:
+            image = step(image)
+        mean, std = self._normalization
+        return (np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / np.float32(255) - mean) / std
+
+
+def _split_transform(transform) -> tuple[list, tuple[np.ndarray, np.ndarray] | None]:
+    """(the PIL steps, (mean, std)) of a Compose ending in ToTensor then Normalize; else ([], None)."""
+    from torchvision.transforms import Normalize, ToTensor  # open_clip's MaybeToTensor is a ToTensor
+
+    steps = list(getattr(transform, 'transforms', []))
+    if len(steps) < 2 or not isinstance(steps[-2], ToTensor) or not isinstance(steps[-1], Normalize):
+        return [], None
+    shape = (-1, 1, 1)
+    mean, std = (np.asarray(values, dtype=np.float32).reshape(shape) for values in (steps[-1].mean, steps[-1].std))
+    return steps[:-2], (mean, std)

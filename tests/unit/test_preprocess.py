@@ -133,3 +133,12 @@ def _decode_outcome(data: bytes) -> str:
         return 'ok'
     except InvalidInputError as error:
         return 'too large' if 'too large' in str(error) else str(error)
+
+
+@pytest.mark.parametrize('name', ['RN50x4::openai', 'ViT-L-14-336::openai', 'ViT-B-16-plus-240::laion400m_e31'])
+def test_numpy_normalisation_equals_the_models_own_transform(name):
+    """ToTensor and Normalize run in numpy (off torch's threads) with identical results."""
+    spec = resolve(name)
+    image = sample_image(seed=4, size=(500, 333))
+    expected = open_clip.image_transform(spec.image_size, is_train=False)(image).numpy()
+    np.testing.assert_array_equal(model_preprocessor(spec).pixels(image), expected)

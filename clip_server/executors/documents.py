@@ -67,13 +67,13 @@ def text_of(doc: Document) -> str:
     return bytes_from_data_uri(doc.uri).decode('utf-8', errors='replace')
 
 
-def image_of(doc: Document) -> Image.Image:
-    """Decode whichever image content the document carries."""
+def image_of(doc: Document, min_side: int | None = None) -> Image.Image:
+    """Decode whichever image content the document carries (see `image_from_bytes` for `min_side`)."""
     if doc.blob:
-        return image_from_bytes(doc.blob)
+        return image_from_bytes(doc.blob, min_side)
     if doc.tensor is not None:
         return image_from_array(_as_uint8(np.asarray(doc.tensor)))
-    return image_from_bytes(bytes_from_data_uri(doc.uri))
+    return image_from_bytes(bytes_from_data_uri(doc.uri), min_side)
 
 
 def _as_uint8(array: np.ndarray) -> np.ndarray:

@@ -208,7 +208,8 @@ class CLIPEncoderBase(Executor):
 
     def _prepare_image(self, doc: Document) -> np.ndarray:
         with self.monitor('preprocess_images_seconds'):
-            return self.preprocessor.pixels(image_of(doc))
+            # large JPEGs decode at a reduced scale that keeps 2x the model's input size
+            return self.preprocessor.pixels(image_of(doc, min_side=2 * self.spec.image_size))
 
     def _prefetched(self, batches: Iterable[list[Document]]) -> Iterator[tuple[list[Document], list]]:
         """Yield each minibatch's pixels while the workers already prepare the next minibatch."""

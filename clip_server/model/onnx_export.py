@@ -1,6 +1,6 @@
 """Command line: export a model to a folder of ONNX graphs, to serve with `model_path: OUTDIR`.
 
-    python -m clip_server.model.onnx_export NAME OUTDIR [--weights FILE|FOLDER] [--dtype fp32|fp16]
+    python -m clip_server.model.onnx_export NAME OUTDIR [--weights FILE|FOLDER] [--dtype fp32|fp16|int8]
 
 For Docker builds and air-gapped hosts; a server exports (and caches) by itself otherwise.
 """
@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> None:
         'cached or downloaded)',
     )
     dtypes = [dtype.value for dtype in RUNTIME_DTYPES[Runtime.ONNX]]
-    parser.add_argument('--dtype', choices=dtypes, default=DType.FP32.value, help='fp16 is for serving on CUDA')
+    parser.add_argument(
+        '--dtype', choices=dtypes, default=DType.FP32.value, help='fp16 is for serving on CUDA, int8 on CPU'
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
     spec = resolve(args.name)

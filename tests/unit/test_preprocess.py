@@ -142,3 +142,17 @@ def test_numpy_normalisation_equals_the_models_own_transform(name):
     image = sample_image(seed=4, size=(500, 333))
     expected = open_clip.image_transform(spec.image_size, is_train=False)(image).numpy()
     np.testing.assert_array_equal(model_preprocessor(spec).pixels(image), expected)
+
+
+def test_large_jpegs_decode_at_a_reduced_scale_keeping_twice_the_input_size(preprocessor):
+    photo = sample_image(seed=6, size=(1000, 800)).resize((2000, 1600))  # smooth enough to compress like a photo
+    jpeg = encoded(photo, 'JPEG', quality=90)
+    assert image_from_bytes(jpeg, min_side=448).size == (1000, 800)  # 1/2; 1/4 would be under 448
+    assert image_from_bytes(jpeg, min_side=100).size == (250, 200)  # 1/8
+    assert image_from_bytes(jpeg).size == (2000, 1600)
+    assert image_from_bytes(encoded(photo, 'PNG'), min_side=100).size == (2000, 1600)  # JPEG only
+    small = encoded(sample_image(seed=7, size=(640, 480)), 'JPEG')
+    assert image_from_bytes(small, min_side=448).size == (640, 480)  # under twice the size: decoded whole
+    full = preprocessor.pixels(image_from_bytes(jpeg))
+    drafted = preprocessor.pixels(image_from_bytes(jpeg, min_side=448))
+    assert 0 < np.abs(full - drafted).max() < 0.1

@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from clip_server.model import factory
 from clip_server.model.factory import EncoderOptions
 from clip_server.model.registry import DEFAULT_MODEL, ModelSpec, resolve
-from clip_server.types import ClipServerError, Runtime, require
+from clip_server.types import ClipServerError, Family, Runtime, require
 
 BATCH = 32  # items per request of the single client, and per in-process batch
 IN_FLIGHT = 16  # concurrent single-item requests from the one async client
@@ -650,7 +650,28 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--skip-ceiling', action='store_true', help='do not measure the gateway with a no-op executor')
     parser.add_argument('--skip-yardstick', action='store_true', help='do not measure open_clip in fp32')
     parser.add_argument('--texts-file', type=Path, help='texts to send, one per line (default: generated captions)')
+    parser.add_argument(
+        '--random-weights',
+        action='store_true',
+        help="serve random weights of the model's architecture: no download, same speed (open_clip models)",
+    )
     return parser.parse_args(argv)
+
+
+def use_random_weights(flow: dict, spec: ModelSpec, folder: Path) -> None:
+    """Point the encoder at a random state dict of `spec`'s architecture, saved in `folder`, with
+    its cache there too (exports of these weights are of no use later). Weights do not change speed."""
+    if spec.family is not Family.OPEN_CLIP:
+        raise BenchmarkError(f'--random-weights serves open_clip models; {spec.name} is a {spec.family} model')
+    import torch
+
+    from clip_server.model.families.openclip import create_open_clip_model
+
+    path = folder / 'random-weights.pt'
+    torch.save(create_open_clip_model(spec, None).state_dict(), path)
+    executor = flow['executors'][0]
+    executor['uses_with'] = {**(executor.get('uses_with') or {}), 'model_path': str(path)}
+    os.environ['CLIP_SERVER_CACHE'] = str(folder / 'cache')
 
 
 def _read_flow(name: str) -> dict:
@@ -682,24 +703,26 @@ def _flow_line(server: ServerResult, spec: ModelSpec, runtime: Runtime, config: 
 def run(args: argparse.Namespace) -> str:
     """Every measurement in sequence; returns the report."""
     flow = _read_flow(args.flow_yaml)
-    config = executor_config(flow)
-    runtime = executor_runtime(config)
-    spec = resolve(config.params.get('name', DEFAULT_MODEL))
+    runtime = executor_runtime(executor_config(flow))
+    spec = resolve(executor_config(flow).params.get('name', DEFAULT_MODEL))
     texts, jpegs = _texts(args.texts_file), [photo_jpeg(seed) for seed in range(2 * BATCH)]
     threads = int(os.environ.get('OMP_NUM_THREADS') or 0) or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix='clip-benchmark-') as scratch:
+        if args.random_weights:
+            use_random_weights(flow, spec, Path(scratch))
+        config = executor_config(flow)
         server = measure_server(flow, Path(scratch), 'server', texts, jpegs, args.seconds)
         rows = list(server.rows)
         if not args.skip_ceiling:
             ceiling = ceiling_flow(flow, spec.dim)
             rows += measure_server(ceiling, Path(scratch), 'ceiling', texts, jpegs, args.seconds).rows
-    options = encoder_options(config, threads)
-    in_process, in_process_line = in_process_row(spec, runtime, options, texts, jpegs, args.seconds)
-    rows.append(in_process)
-    yardstick = None
-    if not args.skip_yardstick:
-        yardstick = yardstick_row(spec, options, texts, jpegs, args.seconds)
-        rows.append(yardstick)
+        options = encoder_options(config, threads)
+        in_process, in_process_line = in_process_row(spec, runtime, options, texts, jpegs, args.seconds)
+        rows.append(in_process)
+        yardstick = None
+        if not args.skip_yardstick:
+            yardstick = yardstick_row(spec, options, texts, jpegs, args.seconds)
+            rows.append(yardstick)
     lines = machine_lines(server, _flow_line(server, spec, runtime, config), in_process_line, options.threads)
     return '\n'.join([*lines, '', markdown_table(rows, yardstick), '', *server_ratios(server.rows, in_process)])
 

@@ -2,9 +2,12 @@
 
 import io
 import itertools
+import os
 import textwrap
 
+import open_clip
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -25,7 +28,9 @@ from clip_server.benchmark import (
     server_ratios,
     session_pids,
     use_local_ports,
+    use_random_weights,
 )
+from clip_server.model.registry import resolve
 
 FLOW = textwrap.dedent(
     """\
@@ -163,3 +168,14 @@ def test_cpu_name_comes_from_cpuinfo(tmp_path):
     (tmp_path / 'cpuinfo').write_text('processor\t: 0\nmodel name\t: Some CPU @ 2.0GHz\n')
     assert cpu_name(tmp_path / 'cpuinfo') == 'Some CPU @ 2.0GHz'
     assert cpu_name(tmp_path / 'missing') == 'unknown'
+
+
+def test_random_weights_serve_the_architecture_without_a_download(tmp_path, monkeypatch):
+    monkeypatch.setenv('CLIP_SERVER_CACHE', str(tmp_path / 'user-cache'))
+    flow = load_flow('jtype: Flow\nexecutors:\n  - uses: {jtype: CLIPEncoder, with: {name: tiny-vit}}\n')
+    use_random_weights(flow, resolve('tiny-vit'), tmp_path)
+    weights = executor_config(flow).params['model_path']
+    assert torch.load(weights, weights_only=True).keys() == open_clip.create_model('tiny-vit').state_dict().keys()
+    assert os.environ['CLIP_SERVER_CACHE'] == str(tmp_path / 'cache')  # its exports do not fill the user's cache
+    with pytest.raises(BenchmarkError, match='--random-weights serves open_clip models'):
+        use_random_weights(flow, resolve('M-CLIP/XLM-Roberta-Large-Vit-B-32'), tmp_path)

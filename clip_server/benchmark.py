@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from clip_server.model import factory
 from clip_server.model.factory import EncoderOptions
 from clip_server.model.registry import DEFAULT_MODEL, ModelSpec, resolve
-from clip_server.types import ClipServerError, Family, Runtime, require
+from clip_server.types import ClipServerError, Runtime, require
 
 BATCH = 32  # items per request of the single client, and per in-process batch
 IN_FLIGHT = 16  # concurrent single-item requests from the one async client
@@ -346,14 +346,19 @@ class ServerProcess:
         return '\n'.join(self.log_path.read_text(errors='replace').splitlines()[-lines:])
 
     def stop(self, timeout: float = 30) -> None:
-        """Ctrl-C, as a user stops it; the whole session is killed if it does not stop in time."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        interrupt(self.process, timeout)
+
+
+def interrupt(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Ctrl-C, as a user stops a server started in its own session; the whole session is killed
+    if it does not stop in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def _quietly(client: Any, check: Callable[[], bool]) -> bool:
@@ -661,14 +666,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def use_random_weights(flow: dict, spec: ModelSpec, folder: Path) -> None:
     """Point the encoder at a random state dict of `spec`'s architecture, saved in `folder`, with
     its cache there too (exports of these weights are of no use later). Weights do not change speed."""
-    if spec.family is not Family.OPEN_CLIP:
-        raise BenchmarkError(f'--random-weights serves open_clip models; {spec.name} is a {spec.family} model')
     import torch
 
     from clip_server.model.families.openclip import create_open_clip_model
 
+    if factory.builder_for(spec).checkpoint_is_folder:
+        raise BenchmarkError(f'--random-weights serves open_clip models; {spec.name} needs a checkpoint folder')
     path = folder / 'random-weights.pt'
-    torch.save(create_open_clip_model(spec, None).state_dict(), path)
+    try:
+        torch.save(create_open_clip_model(spec, None).state_dict(), path)
+    except Exception as e:  # e.g. a `transformers` text tower whose config is not cached
+        raise BenchmarkError(f'--random-weights cannot build {spec.name} here: {e}') from e
     executor = flow['executors'][0]
     executor['uses_with'] = {**(executor.get('uses_with') or {}), 'model_path': str(path)}
     os.environ['CLIP_SERVER_CACHE'] = str(folder / 'cache')

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clip_server.benchmark import interrupt
 from clip_server.model.factory import EncoderOptions, build_encoder
 from clip_server.model.registry import ModelSpec
 from clip_server.types import Runtime
@@ -175,13 +175,7 @@ class Server:
         return self.log.read_text(errors='replace')
 
     def stop(self, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        interrupt(self.process, timeout)
         self._log_file.close()
         return self.process.returncode
 

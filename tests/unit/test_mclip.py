@@ -19,6 +19,7 @@ from clip_server.model.factory import builder_for, export_onnx, onnx_model_dir
 from clip_server.model.factory import preprocessor as factory_preprocessor
 from clip_server.model.families.hf_text import TOKENIZER_EXTRAS
 from clip_server.model.families.mclip import create_mclip_text_tower, locate_mclip
+from clip_server.model.parity import compare
 from clip_server.model.preprocess import Preprocessor
 from clip_server.model.registry import MODELS, resolve
 from clip_server.model.runtimes.onnx_runtime import ONNXEncoder
@@ -246,3 +247,15 @@ def test_an_hf_text_model_runs_on_torch_and_onnx(hf_text_cache, tmp_path):
     onnx_model = ONNXEncoder(export_onnx(spec, tmp_path / 'weights.pt', tmp_path / 'onnx'), threads=1)
     np.testing.assert_allclose(onnx_model.encode_text(tokens), model.encode_text(tokens), atol=TOLERANCE)
     np.testing.assert_allclose(model.encode_text(tokens[:1]), model.encode_text(tokens)[:1], atol=1e-5)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_bf16_keeps_min_cosine_0999(kind, hub, models):
+    """What `dtype: auto` picks on CPUs with native bf16 holds for M-CLIP's transformer too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('CLIP_SERVER_CACHE', str(hub['cache']))
+        candidate = torch_encoder(tiny_hf.TINY_MCLIP[kind], hub['image'], dtype='bf16')
+    preprocessor, reference = models[kind]
+    parity = compare(reference, candidate, preprocessor)
+    assert parity.text_min_cosine >= 0.999 and parity.image_min_cosine >= 0.999, parity
+    assert parity.identity_top1 == 1.0, parity

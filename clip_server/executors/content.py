@@ -10,13 +10,55 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
-from clip_server.types import InvalidInputError
+from clip_server.types import ConfigurationError, InvalidInputError
+
+
+@dataclass(frozen=True)
+class ContentLimits:
+    """The most one document may carry. Each refusal names the limit, its value and what was sent.
+
+    Texts are cut to the model's context anyway; `max_text_chars` only stops absurd payloads.
+    `max_image_pixels` stops decompression bombs (small files that decode to huge images)
+    before any pixel is decoded.
+    """
+
+    max_image_bytes: int = 32 * 2**20  # 32 MiB of encoded image
+    max_image_pixels: int = 64_000_000  # 8000x8000; a 12 MP phone photo is 4032x3024
+    max_text_chars: int = 100_000
+
+    def __post_init__(self):
+        for name, value in vars(self).items():
+            if not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f'{name} must be a positive integer, got {value!r}')
+
+    def check_text(self, text: str) -> str:
+        if len(text) > self.max_text_chars:
+            raise InvalidInputError(f'text has {len(text):,} characters, over max_text_chars ({self.max_text_chars:,})')
+        return text
+
+    def check_image_bytes(self, data: bytes) -> bytes:
+        if len(data) > self.max_image_bytes:
+            raise InvalidInputError(
+                f'image content is {len(data):,} bytes, over max_image_bytes ({self.max_image_bytes:,})'
+            )
+        return data
+
+    def check_pixels(self, width: int, height: int) -> None:
+        if width * height > self.max_image_pixels:
+            raise InvalidInputError(
+                f'image is too large: {width}x{height} = {width * height:,} pixels, '
+                f'over max_image_pixels ({self.max_image_pixels:,})'
+            )
+
+
+DEFAULT_LIMITS = ContentLimits()
 
 
 def bytes_from_data_uri(uri: str) -> bytes:
@@ -36,7 +78,7 @@ def bytes_from_data_uri(uri: str) -> bytes:
 IMAGE_FORMATS = ('JPEG', 'PNG', 'WEBP', 'GIF', 'BMP', 'TIFF')  # JPEG covers cameras' MPO files
 
 
-def image_from_bytes(data: bytes, min_side: int | None = None) -> Image.Image:
+def image_from_bytes(data: bytes, min_side: int | None = None, limits: ContentLimits = DEFAULT_LIMITS) -> Image.Image:
     """Decode an encoded image file (JPEG, PNG, WebP, GIF, BMP, TIFF...), upright per its EXIF.
 
     `min_side`: a JPEG at least twice that on its short side is decoded at 1/2, 1/4 or 1/8
@@ -47,16 +89,16 @@ def image_from_bytes(data: bytes, min_side: int | None = None) -> Image.Image:
     """
     if not data:
         raise InvalidInputError('image content is empty (0 bytes)')
+    limits.check_image_bytes(data)
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-        if image.width * image.height > Image.MAX_IMAGE_PIXELS:  # checked before the pixels are decoded
-            raise Image.DecompressionBombError(
-                f'{image.width}x{image.height} pixels is more than the limit of {Image.MAX_IMAGE_PIXELS}'
-            )
+        limits.check_pixels(image.width, image.height)  # before the pixels are decoded
         if min_side and isinstance(image, JpegImageFile):  # MPO (cameras' JPEGs) included
             image.draft(image.mode, (min_side, min_side))
         image.load()
-    except Image.DecompressionBombError as exc:
+    except InvalidInputError:
+        raise
+    except Image.DecompressionBombError as exc:  # PIL's own limit, a backstop to max_image_pixels
         raise InvalidInputError(f'image is too large to decode safely: {exc}') from exc
     except UnidentifiedImageError as exc:
         raise InvalidInputError(
@@ -67,7 +109,7 @@ def image_from_bytes(data: bytes, min_side: int | None = None) -> Image.Image:
     return _upright(image)
 
 
-def image_from_array(array: np.ndarray) -> Image.Image:
+def image_from_array(array: np.ndarray, limits: ContentLimits = DEFAULT_LIMITS) -> Image.Image:
     """An HxWx3 (or HxW, HxWx4) uint8 array as a PIL image."""
     array = np.asarray(array)
     if array.dtype != np.uint8:
@@ -76,6 +118,7 @@ def image_from_array(array: np.ndarray) -> Image.Image:
         raise InvalidInputError(f'image tensor must be HxWx3 (or HxW, HxWx4), got shape {array.shape}')
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise InvalidInputError(f'image tensor is empty: shape {array.shape}')
+    limits.check_pixels(array.shape[1], array.shape[0])
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     return Image.fromarray(np.ascontiguousarray(array))

@@ -8,7 +8,13 @@ import numpy as np
 from docarray import Document, DocumentArray
 from PIL import Image
 
-from clip_server.executors.content import bytes_from_data_uri, image_from_array, image_from_bytes
+from clip_server.executors.content import (
+    DEFAULT_LIMITS,
+    ContentLimits,
+    bytes_from_data_uri,
+    image_from_array,
+    image_from_bytes,
+)
 from clip_server.types import InvalidInputError
 
 
@@ -61,19 +67,19 @@ def summary(messages: list[str]) -> str:
     return messages[0] + more
 
 
-def text_of(doc: Document) -> str:
+def text_of(doc: Document, limits: ContentLimits = DEFAULT_LIMITS) -> str:
     if doc.text:
-        return doc.text
-    return bytes_from_data_uri(doc.uri).decode('utf-8', errors='replace')
+        return limits.check_text(doc.text)
+    return limits.check_text(bytes_from_data_uri(doc.uri).decode('utf-8', errors='replace'))
 
 
-def image_of(doc: Document, min_side: int | None = None) -> Image.Image:
+def image_of(doc: Document, min_side: int | None = None, limits: ContentLimits = DEFAULT_LIMITS) -> Image.Image:
     """Decode whichever image content the document carries (see `image_from_bytes` for `min_side`)."""
     if doc.blob:
-        return image_from_bytes(doc.blob, min_side)
+        return image_from_bytes(doc.blob, min_side, limits)
     if doc.tensor is not None:
-        return image_from_array(_as_uint8(np.asarray(doc.tensor)))
-    return image_from_bytes(bytes_from_data_uri(doc.uri), min_side)
+        return image_from_array(_as_uint8(np.asarray(doc.tensor)), limits)
+    return image_from_bytes(bytes_from_data_uri(doc.uri), min_side, limits)
 
 
 def _as_uint8(array: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ import numpy as np
 from docarray import Document, DocumentArray
 from jina import Executor, requests
 
+from clip_server.executors.content import DEFAULT_LIMITS, ContentLimits
 from clip_server.executors.documents import (
     ERROR_TAG,
     Failure,
@@ -67,6 +68,9 @@ class CLIPEncoderBase(Executor):
         access_paths: str = '@r',
         traversal_paths: str | None = None,
         model_path: str | None = None,
+        max_image_bytes: int = DEFAULT_LIMITS.max_image_bytes,
+        max_image_pixels: int = DEFAULT_LIMITS.max_image_pixels,
+        max_text_chars: int = DEFAULT_LIMITS.max_text_chars,
         **kwargs: Any,
     ):
         self._refuse_unknown_parameters(kwargs)
@@ -75,6 +79,7 @@ class CLIPEncoderBase(Executor):
             raise ConfigurationError(f'minibatch_size must be at least 1, got {minibatch_size}')
         if num_worker_preprocess < 1:
             raise ConfigurationError(f'num_worker_preprocess must be at least 1, got {num_worker_preprocess}')
+        self._limits = ContentLimits(max_image_bytes, max_image_pixels, max_text_chars)
         if traversal_paths is not None:
             self.logger.warning('`traversal_paths` is deprecated; use `access_paths` instead')
             access_paths = traversal_paths
@@ -186,7 +191,7 @@ class CLIPEncoderBase(Executor):
         """Tokenize each minibatch in one call, here: cheaper than a worker per text, and the
         model's time dwarfs it (2 ms for 32 captions)."""
         for batch in minibatches(docs, self.minibatch_size):
-            readable = _readable(batch, [self._attempt(text_of, doc) for doc in batch], failed)
+            readable = _readable(batch, [self._attempt(self._read_text, doc) for doc in batch], failed)
             if readable:
                 with self.monitor('preprocess_texts_seconds'):
                     tokens = self.preprocessor.tokenize([text for _, text in readable])
@@ -206,10 +211,13 @@ class CLIPEncoderBase(Executor):
         for doc, embedding in zip(docs, embeddings, strict=True):
             doc.embedding = embedding
 
+    def _read_text(self, doc: Document) -> str:
+        return text_of(doc, self._limits)
+
     def _prepare_image(self, doc: Document) -> np.ndarray:
         with self.monitor('preprocess_images_seconds'):
             # large JPEGs decode at a reduced scale that keeps 2x the model's input size
-            return self.preprocessor.pixels(image_of(doc, min_side=2 * self.spec.image_size))
+            return self.preprocessor.pixels(image_of(doc, min_side=2 * self.spec.image_size, limits=self._limits))
 
     def _prefetched(self, batches: Iterable[list[Document]]) -> Iterator[tuple[list[Document], list]]:
         """Yield each minibatch's pixels while the workers already prepare the next minibatch."""

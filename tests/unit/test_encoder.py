@@ -219,3 +219,30 @@ def test_a_batched_rank_leaves_a_query_with_a_bad_match_unranked(batched_encoder
     assert all('clip_score' in m.scores for m in docs['q1'].matches)
     assert docs['q2'].matches['m-bad'].tags[ERROR_TAG].startswith('document m-bad: cannot decode image')
     assert not any('clip_score' in m.scores for m in docs['q2'].matches)
+
+
+def test_content_limits_are_executor_parameters_and_fail_only_their_document(tiny_weights):
+    with closing(
+        CLIPEncoder(
+            name='tiny-vit',
+            model_path=str(tiny_weights['tiny-vit']),
+            dtype='fp32',
+            max_text_chars=10,
+            max_image_pixels=50 * 50,
+            dynamic_batching={'encode': {'preferred_batch_size': 8, 'timeout': 10}},
+        )
+    ) as limited:
+        docs = DocumentArray(
+            [
+                Document(id='long', text='x' * 11),
+                Document(id='short', text='x' * 10),
+                Document(id='big', blob=encoded(sample_image(size=(60, 60)))),
+                Document(id='small', tensor=np.asarray(sample_image(size=(50, 50)))),
+            ]
+        )
+        limited.encode(docs, {})
+    assert docs['long'].tags[ERROR_TAG] == 'document long: text has 11 characters, over max_text_chars (10)'
+    assert 'document big: image is too large: 60x60 = 3,600 pixels' in docs['big'].tags[ERROR_TAG]
+    assert docs['short'].embedding is not None and docs['small'].embedding is not None
+    with pytest.raises(ValueError, match='max_image_bytes must be a positive integer'):
+        CLIPEncoder(name='tiny-vit', model_path=str(tiny_weights['tiny-vit']), max_image_bytes=-1)

@@ -5,10 +5,10 @@ import open_clip
 import pytest
 from PIL import Image
 
-from clip_server.executors.content import bytes_from_data_uri, image_from_array, image_from_bytes
+from clip_server.executors.content import ContentLimits, bytes_from_data_uri, image_from_array, image_from_bytes
 from clip_server.model.factory import preprocessor as model_preprocessor
 from clip_server.model.registry import resolve
-from clip_server.types import InvalidInputError
+from clip_server.types import ConfigurationError, InvalidInputError
 from helpers import encoded, sample_image
 
 EOT = 49407
@@ -94,10 +94,23 @@ def test_bad_image_bytes_raise_clear_errors(data, message):
         image_from_bytes(data)
 
 
-def test_decompression_bomb_is_refused(monkeypatch):
-    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)
-    with pytest.raises(InvalidInputError, match='too large'):
-        image_from_bytes(encoded(Image.new('RGB', (100, 100))))
+def test_decompression_bomb_is_refused_before_decoding():
+    bomb = encoded(Image.new('RGB', (100, 100)))  # 10,000 pixels in a few hundred bytes
+    with pytest.raises(InvalidInputError, match=r'too large: 100x100 = 10,000 pixels, over max_image_pixels \(1,000\)'):
+        image_from_bytes(bomb, limits=ContentLimits(max_image_pixels=1000))
+    with pytest.raises(InvalidInputError, match=r'100x100 = 10,000 pixels, over max_image_pixels \(1,000\)'):
+        image_from_array(np.zeros((100, 100, 3), np.uint8), ContentLimits(max_image_pixels=1000))
+
+
+def test_limits_name_the_limit_and_the_value():
+    limits = ContentLimits(max_image_bytes=100, max_text_chars=5)
+    with pytest.raises(InvalidInputError, match=r'image content is 101 bytes, over max_image_bytes \(100\)'):
+        image_from_bytes(b'x' * 101, limits=limits)
+    with pytest.raises(InvalidInputError, match=r'text has 6 characters, over max_text_chars \(5\)'):
+        limits.check_text('abcdef')
+    assert limits.check_text('abcde') == 'abcde'
+    with pytest.raises(ConfigurationError, match='max_text_chars must be a positive integer, got 0'):
+        ContentLimits(max_text_chars=0)
 
 
 def test_arrays():
@@ -117,10 +130,9 @@ def test_formats_outside_the_list_are_refused():
         image_from_bytes(eps)
 
 
-def test_size_limit_holds_from_many_threads(monkeypatch):
+def test_size_limit_holds_from_many_threads():
     from concurrent.futures import ThreadPoolExecutor
 
-    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 5000)
     small, large = encoded(sample_image(size=(50, 50))), encoded(sample_image(size=(100, 100)))
     with ThreadPoolExecutor(4) as pool:
         outcomes = list(pool.map(_decode_outcome, [small, large] * 20))
@@ -129,7 +141,7 @@ def test_size_limit_holds_from_many_threads(monkeypatch):
 
 def _decode_outcome(data: bytes) -> str:
     try:
-        image_from_bytes(data)
+        image_from_bytes(data, limits=ContentLimits(max_image_pixels=5000))
         return 'ok'
     except InvalidInputError as error:
         return 'too large' if 'too large' in str(error) else str(error)

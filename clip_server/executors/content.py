@@ -98,8 +98,11 @@ def image_from_bytes(data: bytes, min_side: int | None = None, limits: ContentLi
         image.load()
     except InvalidInputError:
         raise
-    except Image.DecompressionBombError as exc:  # PIL's own limit, a backstop to max_image_pixels
-        raise InvalidInputError(f'image is too large to decode safely: {exc}') from exc
+    except Image.DecompressionBombError as exc:  # PIL refuses at open above twice its own limit
+        raise InvalidInputError(
+            f'image is too large: over {2 * Image.MAX_IMAGE_PIXELS:,} pixels, the most PIL decodes '
+            f'whatever max_image_pixels says'
+        ) from exc
     except UnidentifiedImageError as exc:
         raise InvalidInputError(
             f'cannot decode image ({len(data)} bytes): not one of the accepted formats ({", ".join(IMAGE_FORMATS)})'

@@ -177,6 +177,8 @@ class CLIPEncoderBase(Executor):
 
     def _embed(self, docs: list[Document], skip_empty: bool) -> list[Failure]:
         """Embed every readable document; return the others with their reasons."""
+        for doc in docs:
+            doc.tags.pop(ERROR_TAG, None)  # only this server's verdict counts, not one a client sent
         groups, failed = split_by_modality(docs)
         empty = groups[Modality.EMPTY]
         if empty and not skip_empty:
@@ -192,7 +194,7 @@ class CLIPEncoderBase(Executor):
         model's time dwarfs it (2 ms for 32 captions)."""
         for batch in minibatches(docs, self.minibatch_size):
             readable = _readable(batch, [self._attempt(self._read_text, doc) for doc in batch], failed)
-            if readable:
+            if readable and self._worth_encoding(failed):
                 with self.monitor('preprocess_texts_seconds'):
                     tokens = self.preprocessor.tokenize([text for _, text in readable])
                 self._encode([doc for doc, _ in readable], tokens, self.model.encode_text, 'texts')
@@ -201,9 +203,14 @@ class CLIPEncoderBase(Executor):
         """Decode and transform in the worker pool, one minibatch ahead of the model."""
         for batch, inputs in self._prefetched(minibatches(docs, self.minibatch_size)):
             readable = _readable(batch, inputs, failed)
-            if readable:
+            if readable and self._worth_encoding(failed):
                 pixels = np.stack([array for _, array in readable])
                 self._encode([doc for doc, _ in readable], pixels, self.model.encode_image, 'images')
+
+    def _worth_encoding(self, failed: list[Failure]) -> bool:
+        """Unbatched, a failed document fails the whole request: the model need not run for the rest
+        (the documents are still read, so the error counts every unreadable one)."""
+        return self._batched or not failed
 
     def _encode(self, docs: list[Document], inputs: np.ndarray, encode: Callable, kind: str) -> None:
         with self.monitor(f'encode_{kind}_seconds'):
@@ -236,8 +243,8 @@ class CLIPEncoderBase(Executor):
         except InvalidInputError as exc:
             return _Unreadable(f'document {doc.id}: {exc}')
         except Exception as exc:  # a decoder's or transform's own failure is still this document's
-            self.logger.warning(f'document {doc.id} could not be preprocessed: {exc!r}')
-            return _Unreadable(f'document {doc.id}: cannot be preprocessed ({type(exc).__name__}: {exc})')
+            self.logger.warning(f'document {doc.id} could not be preprocessed: {exc!r}')  # details stay here
+            return _Unreadable(f'document {doc.id}: cannot be preprocessed')
 
     @staticmethod
     def _collect(batch: list[Document], futures: list[Future]) -> tuple[list[Document], list]:

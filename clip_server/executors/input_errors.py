@@ -10,9 +10,11 @@ request, and turns the tags into that request's own error. Add it after a batche
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
-from docarray import DocumentArray
+from docarray import Document, DocumentArray
 from jina import Executor, requests
 
 from clip_server.executors.documents import ERROR_TAG, summary
@@ -24,6 +26,16 @@ class InputErrors(Executor):
 
     @requests
     def check(self, docs: DocumentArray, **kwargs: Any) -> None:
-        messages = [doc.tags[ERROR_TAG] for doc in docs.flatten() if ERROR_TAG in doc.tags]
+        messages = [doc.tags[ERROR_TAG] for doc in _every_document(docs) if ERROR_TAG in doc.tags]
         if messages:
             raise InvalidInputError(summary(messages))
+
+
+def _every_document(docs: DocumentArray) -> Iterator[Document]:
+    """Each document, then the chunks and matches of each, at any depth, in order (docarray's
+    `flatten()` would skip documents whose id it has seen)."""
+    queue = deque(docs)
+    while queue:
+        doc = queue.popleft()
+        yield doc
+        queue.extend([*doc.chunks, *doc.matches])

@@ -150,13 +150,15 @@ def _onnx(spec: ModelSpec, builder: FamilyBuilder, options: EncoderOptions, give
 
 
 def _tensorrt(spec: ModelSpec, builder: FamilyBuilder, options: EncoderOptions, _: Preprocessor | None) -> Encoder:
+    from clip_server.model.runtimes.onnx_graphs import cuts_at_end_of_text
     from clip_server.model.runtimes.tensorrt_runtime import TensorRTEncoder, cached_engines
 
     device = usable_device(options.device or 'cuda')
     dtype = parse_dtype(options.dtype, Runtime.TENSORRT, device)
     onnx_folder = onnx_model_dir(spec, options.model_path, dtype=DType.FP32)
     engines = cached_engines(spec.name, onnx_folder, device=device, dtype=dtype, max_batch=options.max_batch)
-    return TensorRTEncoder(engines, dim=spec.dim, device=device, dtype=dtype)
+    cut = cuts_at_end_of_text(onnx_folder)
+    return TensorRTEncoder(engines, dim=spec.dim, device=device, dtype=dtype, cut_at_end_of_text=cut)
 
 
 _RUNTIMES: dict[Runtime, Callable[..., Encoder]] = {

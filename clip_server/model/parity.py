@@ -119,19 +119,21 @@ def _finds_itself(candidates: np.ndarray, references: np.ndarray) -> np.ndarray:
 def main(argv: list[str] | None = None) -> None:
     from clip_server.model import factory
     from clip_server.model.registry import resolve
-    from clip_server.types import Runtime
+    from clip_server.types import AUTO, DType, Runtime
 
     parser = argparse.ArgumentParser(description='A fast path of a model against its fp32 output, on a probe set.')
     parser.add_argument('name', help='a model name, e.g. ViT-B-32::openai')
     parser.add_argument('--runtime', choices=[r.value for r in Runtime], default=Runtime.TORCH.value)
-    parser.add_argument('--dtype', default='auto', help='the fast path to check (default: what auto picks here)')
+    parser.add_argument(
+        '--dtype', default=AUTO, choices=[AUTO, *DType], help='the fast path to check (default: what auto picks here)'
+    )
     parser.add_argument('--weights', help='a local weights file (default: the pretrained weights)')
     args = parser.parse_args(argv)
     spec, runtime = resolve(args.name), Runtime(args.runtime)
     preprocessor = factory.preprocessor(spec, args.weights)
     encoders = [
         factory.build_encoder(spec, runtime, factory.EncoderOptions(model_path=args.weights, dtype=dtype), preprocessor)
-        for dtype in ('fp32', args.dtype)
+        for dtype in (DType.FP32, args.dtype)
     ]
     print(f'{spec.name} on {runtime.label}, {encoders[1].dtype} against fp32: {compare(*encoders, preprocessor)}')
 

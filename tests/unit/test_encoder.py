@@ -194,6 +194,18 @@ def test_a_batched_call_tags_bad_documents_and_serves_the_others(batched_encoder
     assert ERROR_TAG not in docs['good-text'].tags and ERROR_TAG not in docs['good-image'].tags
 
 
+def test_input_errors_finds_tags_at_any_depth_even_under_repeated_ids():
+    twin = Document(id='x', chunks=[Document(id='c', tags={ERROR_TAG: 'document c: cannot decode image'})])
+    with pytest.raises(InvalidInputError, match='^document c: cannot decode image$'):
+        InputErrors().check(DocumentArray([Document(id='x'), twin]))
+
+
+def test_a_tag_sent_by_the_client_is_not_taken_for_a_failure(batched_encoder):
+    docs = DocumentArray([Document(text='fine', tags={ERROR_TAG: 'forged'})])
+    batched_encoder.encode(docs, {})
+    assert ERROR_TAG not in docs[0].tags and docs[0].embedding is not None
+
+
 def test_input_errors_fails_only_requests_with_tagged_documents():
     checker = InputErrors()
     checker.check(DocumentArray([Document(text='fine', embedding=np.ones(2))]))

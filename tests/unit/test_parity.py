@@ -59,3 +59,20 @@ def test_the_probe_set_is_varied_and_fixed():
 def test_the_command_prints_the_figures(tiny_weights, capsys):
     main(['tiny-vit', '--dtype', 'bf16', '--weights', str(tiny_weights['tiny-vit'])])
     assert 'bf16 against fp32: min cosine texts 0.99' in capsys.readouterr().out
+
+
+def test_int8_of_a_graph_with_external_weights_keeps_them_external(tiny_weights, tmp_path):
+    from clip_server.model.factory import export_onnx
+
+    spec = resolve('tiny-vit')
+    folder = export_onnx(spec, tiny_weights['tiny-vit'], tmp_path / 'int8', dtype='int8', external_data=True)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ['textual.onnx', 'textual.onnx.data', 'visual.onnx', 'visual.onnx.data']
+    )
+    fp32 = build_encoder(
+        spec,
+        Runtime.ONNX,
+        EncoderOptions(model_path=export_onnx(spec, tiny_weights['tiny-vit'], tmp_path / 'fp32'), threads=1),
+    )
+    int8 = build_encoder(spec, Runtime.ONNX, EncoderOptions(model_path=folder, threads=1))
+    assert compare(fp32, int8, preprocessor(spec)).text_min_cosine >= INT8_MIN_COSINE

@@ -95,7 +95,14 @@ def test_tensorrt_matches_pytorch(request, tmp_path, monkeypatch, tiny_weights, 
     encoder = CLIPEncoder(name='tiny-vit', model_path=str(tiny_weights['tiny-vit']), dtype=dtype, minibatch_size=4)
     request.addfinalizer(encoder.close)
     reference = torch_encoder(encoder.spec, tiny_weights['tiny-vit'], device='cpu', dtype='fp32')
+    assert encoder.model.cut_at_end_of_text  # the export's causal text tower takes short rows
     tokens = encoder.preprocessor.tokenize(['a dog', 'ein Hund', 'x'])
+    long_tokens = encoder.preprocessor.tokenize(['a dog', 'word ' * 100])  # the full 77-token profile
+    np.testing.assert_allclose(
+        encoder.model.encode_text(long_tokens),
+        reference.encode_text(long_tokens),
+        atol=tolerance * np.abs(reference.encode_text(long_tokens)).max(),
+    )
     pixels = np.stack([encoder.preprocessor.pixels(sample_image(seed)) for seed in range(3)])
     for served, expected in (
         (encoder.model.encode_text(tokens), reference.encode_text(tokens)),

@@ -111,7 +111,7 @@ class EndOfTextText(torch.nn.Module):
     token never changed it.
     """
 
-    def __init__(self, parts: torch.nn.Module, pool_type: str):
+    def __init__(self, parts: torch.nn.Module):
         super().__init__()
         self.token_embedding = parts.token_embedding
         self.positional_embedding = parts.positional_embedding
@@ -123,7 +123,6 @@ class EndOfTextText(torch.nn.Module):
             self.projection = torch.nn.Identity()
         else:
             self.projection = projection if isinstance(projection, torch.nn.Module) else _Project(projection)
-        assert pool_type == 'argmax'  # `causal_text_parts` checked it; the rows are cut by it too
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         length, cast_dtype = input_ids.shape[1], self.transformer.get_cast_dtype()
@@ -135,8 +134,8 @@ class EndOfTextText(torch.nn.Module):
         return self.projection(x)
 
 
-def causal_text_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, str] | None:
-    """The module holding `model`'s text encoder and its pooling, when cutting rows is exact.
+def causal_text_parts(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The module holding `model`'s text encoder, when cutting rows is exact.
 
     Exact for a causal mask, pooling at the end-of-text token (`argmax`: CLIP's BPE gives it
     the largest id), no class token and no padding mask; anything else (SigLIP's bidirectional
@@ -151,7 +150,7 @@ def causal_text_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, str] | N
         and not getattr(parts, 'use_pad_mask', False)
         and all(hasattr(parts, name) for name in ('token_embedding', 'positional_embedding', 'ln_final'))
     )
-    return (parts, pool_type) if exact else None
+    return parts if exact else None
 
 
 class OpenCLIPBuilder(FamilyBuilder):
@@ -185,4 +184,4 @@ class OpenCLIPBuilder(FamilyBuilder):
         causal = causal_text_parts(model)
         if causal is None:
             return Towers(OpenCLIPText(model), model.visual)
-        return Towers(EndOfTextText(*causal), model.visual, cut_at_end_of_text=True)
+        return Towers(EndOfTextText(causal), model.visual, cut_at_end_of_text=True)

@@ -119,13 +119,16 @@ class _TraceableAttention(torch.nn.Module):
 
     def __init__(self, attention: torch.nn.MultiheadAttention):
         super().__init__()
-        if not (attention.batch_first and attention._qkv_same_embed_dim):
+        if not (attention.batch_first and attention._qkv_same_embed_dim) or attention.bias_k is not None:
             raise ValueError('only batch-first self-attention with one input projection can be exported')
+        if attention.add_zero_attn:
+            raise ValueError('attention with add_zero_attn cannot be exported with a dynamic sequence')
         self.heads = attention.num_heads
         self.in_proj_weight, self.in_proj_bias = attention.in_proj_weight, attention.in_proj_bias
         self.out_proj = attention.out_proj
 
     def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None):
+        assert key is None or key is query, 'self-attention only'  # what open_clip's text blocks do
         head_width = query.shape[-1] // self.heads
         qkv = torch.nn.functional.linear(query, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.unflatten(-1, (3, self.heads, head_width)).permute(2, 0, 3, 1, 4).unbind(0)
@@ -215,6 +218,13 @@ def _declare_unused_inputs(graph, inputs: tuple[str, ...]) -> None:
             value.type.tensor_type.CopyFrom(first)
 
 
+def cuts_at_end_of_text(folder: str | os.PathLike) -> bool:
+    """Whether the folder's text graph says it takes rows cut after their end-of-text token
+    (this server's exports of causal towers); a graph made elsewhere gets full rows."""
+    graph = onnx.load(str(Path(folder) / TEXT_FILE), load_external_data=False)
+    return any(prop.key == CUT_AT_END_OF_TEXT and prop.value == 'true' for prop in graph.metadata_props)
+
+
 def quantize_graphs(folder: str | os.PathLike) -> Path:
     """Replace both fp32 graphs in `folder` by ONNX Runtime's dynamic int8 quantization of them.
 
@@ -226,15 +236,19 @@ def quantize_graphs(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     for name in (TEXT_FILE, IMAGE_FILE):
         started, graph = time.monotonic(), folder / name
-        quantized = folder / f'int8-{name}'
+        quantized, data = folder / f'int8-{name}', Path(f'{graph}.data')
+        large = data.exists()  # int8 is 4x smaller, yet ViT-bigG's image tower stays near protobuf's 2 GiB
         with without_root_log('Please consider to run pre-processing'):  # its optional shape-inference pass
-            quantize_dynamic(graph, quantized, weight_type=QuantType.QInt8)
+            quantize_dynamic(graph, quantized, weight_type=QuantType.QInt8, use_external_data_format=large)
         metadata = {prop.key: prop.value for prop in onnx.load(str(graph), load_external_data=False).metadata_props}
-        model = onnx.load(str(quantized))
+        model = onnx.load(str(quantized))  # with its weights, wherever they were written
         onnx.helper.set_model_props(model, metadata)  # the text graph's row rule
-        onnx.save_model(model, str(graph))
-        quantized.unlink()
-        Path(f'{graph}.data').unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
+        onnx.save_model(
+            model, str(graph), save_as_external_data=large, all_tensors_to_one_file=True, location=data.name
+        )
+        for scratch in folder.glob(f'int8-{name}*'):
+            scratch.unlink()
         logger.info('%s quantized to int8 in %.1fs', name, time.monotonic() - started)
     return folder
 

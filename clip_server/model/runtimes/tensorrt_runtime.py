@@ -178,9 +178,6 @@ class _Engine:
         is_input = {name: self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT for name in names}
         self.inputs = [name for name in names if is_input[name]]
         (self._output,) = [name for name in names if not is_input[name]]
-        # -1 on the sequence axis: the engine takes texts cut after their batch's last end-of-text token
-        shapes = [tuple(self._engine.get_tensor_shape(name)) for name in self.inputs]
-        self.any_length = any(len(shape) == 2 and shape[1] < 0 for shape in shapes)
         self._stream = torch.cuda.Stream(device)
 
     def _numpy_dtype(self, name: str) -> np.dtype:
@@ -210,14 +207,19 @@ class _Engine:
 class TensorRTEncoder:
     """A textual and a visual engine behind the `Encoder` interface."""
 
-    def __init__(self, engine_folder: Path, *, dim: int, device: Device, dtype: DType):
+    def __init__(
+        self, engine_folder: Path, *, dim: int, device: Device, dtype: DType, cut_at_end_of_text: bool = False
+    ):
+        """`cut_at_end_of_text`: the ONNX export says its text tower takes rows cut after their
+        end-of-text token (`onnx_graphs.cuts_at_end_of_text`); other engines get full rows."""
         self.dim, self.device, self.dtype = dim, device, dtype
+        self.cut_at_end_of_text = cut_at_end_of_text
         self._textual = _Engine(engine_folder / ENGINE_FILES[TEXT_FILE], torch.device(str(device)))
-        self.description = f'TensorRT on {device} ({dtype}, {rows_rule(None, self._textual.any_length)})'
+        self.description = f'TensorRT on {device} ({dtype}, {rows_rule(None, cut_at_end_of_text)})'
         self._visual = _Engine(engine_folder / ENGINE_FILES[IMAGE_FILE], torch.device(str(device)))
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        rows = text_inputs(tokens, None, cut_at_end_of_text=self._textual.any_length)
+        rows = text_inputs(tokens, None, cut_at_end_of_text=self.cut_at_end_of_text)
         return self._textual.run(dict(zip(TEXT_INPUTS, rows, strict=True)))
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:

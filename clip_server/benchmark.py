@@ -528,7 +528,8 @@ def in_process_row(
 
     def encode_images(batch: list[bytes]) -> int:
         for start in range(0, len(batch), size):
-            pixels = [model_input.pixels(image_from_bytes(jpeg)) for jpeg in batch[start : start + size]]
+            jpegs = batch[start : start + size]
+            pixels = [model_input.pixels(image_from_bytes(jpeg, min_side=2 * spec.image_size)) for jpeg in jpegs]
             encoder.encode_image(np.stack(pixels))
         return len(batch)
 

@@ -11,6 +11,9 @@ closed its connection without TLS's close_notify (`requests` does): Ctrl-C would
 server. A TLS gateway therefore gets `uvicorn_kwargs: {timeout_graceful_shutdown: 3}` unless the
 YAML sets it.
 
+Every Flow is served through one of `clip_server.gateway`'s gateways (jina's own, with executor
+tracebacks kept out of responses) unless its `gateway:` names a gateway of its own with `uses:`.
+
 The YAML is edited as a node tree, so that jina's own tags (`!CLIPEncoder`) and `${{ ENV.X }}`
 placeholders pass through untouched.
 """
@@ -29,7 +32,8 @@ def adjusted_flow_yaml(root: yaml.MappingNode, text: str) -> str:
     """
     moved = move_gateway_keys(root)
     bounded = bound_tls_shutdown(root)
-    return yaml.serialize(root) if moved or bounded else text
+    ours = use_clip_gateway(root)
+    return yaml.serialize(root) if moved or bounded or ours else text
 
 
 def move_gateway_keys(root: yaml.MappingNode) -> bool:
@@ -44,14 +48,41 @@ def move_gateway_keys(root: yaml.MappingNode) -> bool:
     if not moved:
         return False
     flow_with.value = [(key, value) for key, value in flow_with.value if key.value not in GATEWAY_ONLY_KEYS]
-    gateway = _get(root, 'gateway')
-    if gateway is None or _is_null(gateway):
-        gateway = _set(root, 'gateway', yaml.MappingNode(_MAP, []))
-    if not isinstance(gateway, yaml.MappingNode):
-        raise ValueError('the Flow\'s "gateway:" must be a mapping')
+    gateway = _gateway_section(root)
     present = {key.value for key, _ in gateway.value}
     gateway.value.extend((key, value) for key, value in moved if key.value not in present)
     return True
+
+
+def use_clip_gateway(root: yaml.MappingNode) -> bool:
+    """Serve through clip_server's gateway for the Flow's protocols unless `gateway: uses:` names
+    another gateway (or the protocols are not plain names); True if set."""
+    gateway = _gateway_section(root)
+    name = _clip_gateway_for(_get(root, 'with'))
+    if _get(gateway, 'uses') is not None or name is None:
+        return False
+    _set(gateway, 'uses', yaml.ScalarNode(_STR, name))
+    _set(
+        gateway,
+        'py_modules',
+        yaml.SequenceNode('tag:yaml.org,2002:seq', [yaml.ScalarNode(_STR, 'clip_server.gateway')]),
+    )
+    return True
+
+
+def _clip_gateway_for(flow_with: yaml.Node | None) -> str | None:
+    """ClipGateway for several protocols, the protocol's own for one (gRPC by default)."""
+    from clip_server.gateway import SINGLE_PROTOCOL
+
+    protocol = _get(flow_with, 'protocol') if isinstance(flow_with, yaml.MappingNode) else None
+    if isinstance(protocol, yaml.SequenceNode):
+        names = [node.value for node in protocol.value if isinstance(node, yaml.ScalarNode)]
+        if len(names) > 1:
+            return 'ClipGateway'
+        protocol = protocol.value[0] if names else None
+    if protocol is None or _is_null(protocol):
+        return SINGLE_PROTOCOL['grpc']
+    return SINGLE_PROTOCOL.get(str(protocol.value).lower()) if isinstance(protocol, yaml.ScalarNode) else None
 
 
 def bound_tls_shutdown(root: yaml.MappingNode) -> bool:
@@ -69,6 +100,17 @@ def bound_tls_shutdown(root: yaml.MappingNode) -> bool:
 
 
 _MAP = 'tag:yaml.org,2002:map'
+_STR = 'tag:yaml.org,2002:str'
+
+
+def _gateway_section(root: yaml.MappingNode) -> yaml.MappingNode:
+    """The Flow's `gateway:` mapping, made empty where the YAML has none."""
+    gateway = _get(root, 'gateway')
+    if gateway is None or _is_null(gateway):
+        gateway = _set(root, 'gateway', yaml.MappingNode(_MAP, []))
+    if not isinstance(gateway, yaml.MappingNode):
+        raise ValueError('the Flow\'s "gateway:" must be a mapping')
+    return gateway
 
 
 def _get(mapping: yaml.MappingNode, name: str) -> yaml.Node | None:
@@ -77,7 +119,7 @@ def _get(mapping: yaml.MappingNode, name: str) -> yaml.Node | None:
 
 def _set(mapping: yaml.MappingNode, name: str, value: yaml.Node) -> yaml.Node:
     mapping.value = [(k, v) for k, v in mapping.value if k.value != name]
-    mapping.value.append((yaml.ScalarNode('tag:yaml.org,2002:str', name), value))
+    mapping.value.append((yaml.ScalarNode(_STR, name), value))
     return value
 
 

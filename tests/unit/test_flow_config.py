@@ -1,4 +1,5 @@
-"""The YAML adjustments made before jina sees a Flow: TLS keys go to the gateway alone."""
+"""The YAML adjustments made before jina sees a Flow: TLS keys go to the gateway alone, and the
+gateway is ClipGateway unless the YAML names its own."""
 
 import pytest
 import yaml
@@ -46,11 +47,32 @@ def test_without_the_adjustment_jina_hands_tls_to_the_executor():
     assert executor.ssl_certfile == 'cert.pem'
 
 
-def test_yaml_without_tls_is_passed_on_verbatim():
+def test_yaml_without_tls_but_with_its_own_gateway_is_passed_on_verbatim():
     text = SEED_TLS.replace('  uvicorn_kwargs:\n    ssl_keyfile_password: blahblah\n', '').replace(
         '  ssl_certfile: cert.pem\n  ssl_keyfile: key.pem\n', ''
     )
-    assert adjust(text) is text
+    own = text + 'gateway:\n  uses: MyGateway\n'
+    assert adjust(own) is own
+    assert yaml.safe_load(adjust(text))['gateway'] == {
+        'uses': 'ClipHTTPGateway',
+        'py_modules': ['clip_server.gateway'],
+    }
+    assert Flow.load_config(adjust(text)).gateway_args.uses == 'ClipHTTPGateway'
+
+
+@pytest.mark.parametrize(
+    'protocol, gateway',
+    [
+        ('', 'ClipGRPCGateway'),
+        ('  protocol: websocket\n', 'ClipWebSocketGateway'),
+        ('  protocol: [GRPC]\n', 'ClipGRPCGateway'),
+        ('  protocol: [grpc, http]\n  port: [1, 2]\n', 'ClipGateway'),
+        ('  protocol: ${{ ENV.PROTOCOL }}\n', None),  # decided at load time: jina's own gateway
+    ],
+)
+def test_the_gateway_follows_the_protocols(protocol, gateway):
+    text = f'jtype: Flow\nwith:\n  port: 51000\n{protocol}executors: []\n'
+    assert (yaml.safe_load(adjust(text)) or {}).get('gateway', {}).get('uses') == gateway
 
 
 def test_tags_env_placeholders_and_an_existing_gateway_section_survive():
@@ -73,6 +95,8 @@ gateway:
         'ssl_keyfile': 'from-gateway.pem',  # the gateway section wins
         'uvicorn_kwargs': {'timeout_graceful_shutdown': '30'},  # the user's timeout is kept
         'ssl_certfile': '${{ ENV.CERT }}',
+        'uses': 'ClipGRPCGateway',
+        'py_modules': ['clip_server.gateway'],
     }
     assert '!CLIPEncoder' in adjust(text) and adjust(text).startswith('!Flow')
 

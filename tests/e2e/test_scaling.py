@@ -7,7 +7,10 @@ and before the CLIPEncoder loads. (/proc/<pid>/environ cannot tell: jina sets th
 os.environ in the forked process, which /proc does not show.)
 """
 
+import os
 import re
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -93,4 +96,29 @@ def test_round_robin_devices(tiny_weights, tmp_path, visible, expected):
         assert len({pid for _, pid, _ in replicas}) == 5
         assert [devices for _, _, devices in replicas] == expected
     finally:
-        server.stop()
+        server.stop(timeout=5)  # the Flow waits long for the replica it lost; its process group is killed
+
+
+def test_a_killed_replica_costs_at_most_its_requests_then_the_other_serves(tiny_weights, tmp_path):
+    """SIGKILL one of two replicas under steady load: jina's gateway retries on the other replica."""
+    port = free_port()
+    server = start_server(tmp_path, replicated_flow(tiny_weights, tmp_path, port, 2), port)
+    try:
+        client, outcomes = Client(f'grpc://127.0.0.1:{port}'), []
+        deadline, killed = time.monotonic() + 10, None
+        while time.monotonic() < deadline:
+            if killed is None and time.monotonic() > deadline - 7:
+                killed = probed(server)[0][1]
+                os.kill(killed, signal.SIGKILL)
+                outcomes.append('kill')
+            try:
+                outcomes.append(client.encode(['steady load', 'two texts']).shape == (2, 32))
+            except Exception:  # a request the killed replica held; counted below
+                outcomes.append(False)
+        after = outcomes[outcomes.index('kill') + 1 :]
+        print('failed after the kill:', after.count(False), 'of', len(after))
+        assert outcomes.index('kill') > 3 and len(after) > 10, outcomes
+        assert after.count(False) <= 2, outcomes  # at most the requests in flight at the kill
+        assert all(after[-5:]), outcomes  # then every request is served by the other replica
+    finally:
+        server.stop(timeout=5)  # the Flow waits long for the replica it lost; its process group is killed

@@ -19,34 +19,66 @@ from jina.serve.runtimes.gateway.composite import CompositeGateway
 from jina.serve.runtimes.gateway.grpc import GRPCGateway
 from jina.serve.runtimes.gateway.http import HTTPGateway
 from jina.serve.runtimes.gateway.websocket import WebSocketGateway
+from jina.serve.runtimes.servers.grpc import GRPCServer
+
+from clip_server.auth import TokenInterceptor, TokenMiddleware, configured_tokens
 
 Result = Callable[[object], object]
 
 
-class _WithoutTracebacks:
-    """Installs `without_tracebacks` on the gateway's request streamer, shared by all its servers."""
+class _ClipEdge:
+    """Tracebacks kept server-side, and token auth when tokens are configured (`clip_server.auth`).
 
-    def __init__(self, **kwargs):
+    `auth_tokens`: tokens in the YAML; `auth_tokens_env`: the environment variable that holds
+    them, comma-separated, so that secrets stay out of files. Both go under `gateway: uses_with:`.
+    """
+
+    def __init__(self, auth_tokens: list[str] | None = None, auth_tokens_env: str | None = None, **kwargs):
         super().__init__(**kwargs)
+        handler = self._request_handler  # shared by every protocol's server
         # jina 3.27.0 (pinned): the streamer behind every protocol, and the one callable each
         # response passes through on its way to the client.
-        streamer = self._request_handler.streamer._streamer
+        streamer = handler.streamer._streamer
         streamer._result_handler = without_tracebacks(streamer._result_handler, self.logger)
+        tokens = configured_tokens(auth_tokens, auth_tokens_env)
+        if tokens:
+            _require_tokens(handler, getattr(self, 'servers', [self]), tokens)
+            self.logger.info(f'clients must send one of {len(tokens)} authorization token(s)')
 
 
-class ClipGateway(_WithoutTracebacks, CompositeGateway):
+def _require_tokens(handler, servers: list, tokens: tuple[str, ...]) -> None:
+    """An interceptor on each gRPC server; middleware on the FastAPI apps (HTTP, WebSocket) that
+    the shared request handler builds when each server starts."""
+    for server in servers:
+        if isinstance(server, GRPCServer):
+            server.grpc_tracing_server_interceptors = [
+                *(server.grpc_tracing_server_interceptors or []),
+                TokenInterceptor(tokens),
+            ]
+    for name in ('_http_fastapi_default_app', '_websocket_fastapi_default_app'):
+        build = getattr(handler, name)
+
+        def guarded(*args, _build=build, **kwargs):
+            app = _build(*args, **kwargs)
+            app.add_middleware(TokenMiddleware, tokens=tokens)
+            return app
+
+        setattr(handler, name, guarded)
+
+
+class ClipGateway(_ClipEdge, CompositeGateway):
     """Several protocols, one server each."""
 
 
-class ClipGRPCGateway(_WithoutTracebacks, GRPCGateway):
+class ClipGRPCGateway(_ClipEdge, GRPCGateway):
     """gRPC alone."""
 
 
-class ClipHTTPGateway(_WithoutTracebacks, HTTPGateway):
+class ClipHTTPGateway(_ClipEdge, HTTPGateway):
     """HTTP alone."""
 
 
-class ClipWebSocketGateway(_WithoutTracebacks, WebSocketGateway):
+class ClipWebSocketGateway(_ClipEdge, WebSocketGateway):
     """WebSocket alone."""
 
 

@@ -1,0 +1,110 @@
+"""Token auth for the gateway: gRPC metadata, HTTP and WebSocket headers (or `?token=`).
+
+`clip_client` sends `credential={'Authorization': TOKEN}` (or env `CLIP_AUTH_TOKEN`) as the raw
+token: gRPC metadata `authorization`, HTTP header `Authorization`; `Bearer TOKEN` is accepted too.
+It sends nothing over WebSocket, so WebSocket clients of their own send the header or `?token=`.
+Probes stay open: gRPC health, dry-run and info, and HTTP `GET /`, `/dry_run`, `/status`. A refusal
+says only that the token is missing or wrong (gRPC UNAUTHENTICATED, HTTP 401, WebSocket close 1008).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Iterable
+from urllib.parse import parse_qs
+
+import grpc
+
+from clip_server.types import ConfigurationError
+
+REFUSAL = 'missing or wrong authorization token'
+# gRPC services that carry documents; health, dry-run, info and reflection stay open for probes.
+PROTECTED_RPC_PREFIXES = (
+    '/jina.JinaRPC/',
+    '/jina.JinaSingleDataRequestRPC/',
+    '/jina.JinaSingleDocumentRequestRPC/',
+    '/jina.JinaDataRequestRPC/',
+    '/jina.JinaDiscoverEndpointsRPC/',
+)
+OPEN_HTTP_PATHS = ('/', '/dry_run', '/status')
+
+
+def configured_tokens(tokens: Iterable[str] | None, tokens_env: str | None) -> tuple[str, ...]:
+    """The tokens from the YAML and from the environment variable it names (comma-separated)."""
+    found = [token for token in (tokens or []) if token]
+    if tokens_env:
+        value = os.environ.get(tokens_env, '')
+        if not value.strip():
+            raise ConfigurationError(f'auth_tokens_env names {tokens_env}, which is not set: set it to the token(s)')
+        found += [token.strip() for token in value.split(',') if token.strip()]
+    return tuple(found)
+
+
+def accepted(presented: str | None, tokens: tuple[str, ...]) -> bool:
+    """Whether `presented` is one of `tokens`, raw or as `Bearer <token>`, compared in constant time."""
+    if not presented:
+        return False
+    candidate = presented[len('Bearer ') :] if presented.startswith('Bearer ') else presented
+    return any(hmac.compare_digest(candidate.encode(), token.encode()) for token in tokens)  # no early exit
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses the document-carrying RPCs without an accepted `authorization` metadata value."""
+
+    def __init__(self, tokens: tuple[str, ...]):
+        self._tokens = tokens
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(PROTECTED_RPC_PREFIXES):
+            return handler
+        metadata = {key.lower(): value for key, value in details.invocation_metadata or ()}
+        return handler if accepted(metadata.get('authorization'), self._tokens) else _refusing(handler)
+
+
+def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
+
+    async def refuse(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSAL)
+
+    if handler.unary_unary:
+        make = grpc.unary_unary_rpc_method_handler
+    elif handler.unary_stream:
+        make = grpc.unary_stream_rpc_method_handler
+    elif handler.stream_unary:
+        make = grpc.stream_unary_rpc_method_handler
+    else:
+        make = grpc.stream_stream_rpc_method_handler
+    return make(
+        refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+
+
+class TokenMiddleware:
+    """ASGI middleware: HTTP requests (but probes) and WebSocket connections need an accepted token."""
+
+    def __init__(self, app, tokens: tuple[str, ...]):
+        self.app, self._tokens = app, tokens
+
+    async def __call__(self, scope, receive, send):
+        kind = scope['type']
+        open_probe = kind == 'http' and scope['path'] in OPEN_HTTP_PATHS
+        if kind not in ('http', 'websocket') or open_probe or accepted(_presented(scope), self._tokens):
+            return await self.app(scope, receive, send)
+        if kind == 'websocket':
+            return await send({'type': 'websocket.close', 'code': 1008, 'reason': REFUSAL})
+        body = f'{{"detail": "{REFUSAL}"}}'.encode()
+        headers = [(b'content-type', b'application/json'), (b'www-authenticate', b'Bearer')]
+        await send({'type': 'http.response.start', 'status': 401, 'headers': headers})
+        await send({'type': 'http.response.body', 'body': body})
+
+
+def _presented(scope) -> str | None:
+    """The token a request carries: its Authorization header, or a `token` query parameter."""
+    for key, value in scope.get('headers', []):
+        if key.lower() == b'authorization':
+            return value.decode('latin-1')
+    tokens = parse_qs(scope.get('query_string', b'').decode('latin-1')).get('token')
+    return tokens[0] if tokens else None

@@ -16,7 +16,6 @@ import importlib
 import importlib.util
 import io
 import itertools
-import logging
 import os
 import random
 import re
@@ -38,6 +37,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from clip_server.model import factory
 from clip_server.model.factory import EncoderOptions
+from clip_server.model.quiet import without_log
 from clip_server.model.registry import DEFAULT_MODEL, ModelSpec, resolve
 from clip_server.types import ClipServerError, Runtime, require
 
@@ -322,7 +322,10 @@ class ServerProcess:
         while time.perf_counter() - self.spawned < timeout:
             if self.process.poll() is not None:
                 raise BenchmarkError(f'the server exited with status {self.process.returncode}:\n{self.log_tail()}')
-            if _quietly(probe, lambda: probe.is_flow_ready(timeout=1)):
+            # jina's client logs an error for each probe of a server still starting
+            with without_log(logger=probe.logger.logger):
+                ready = probe.is_flow_ready(timeout=1)
+            if ready:
                 encode()
                 return time.perf_counter() - self.spawned
             time.sleep(0.2)
@@ -359,20 +362,6 @@ def interrupt(process: subprocess.Popen, timeout: float = 30) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-
-
-def _quietly(client: Any, check: Callable[[], bool]) -> bool:
-    """`check()` without the error jina's client logs for each probe of a server still starting."""
-    logger = client.logger.logger
-
-    def drop(record: logging.LogRecord) -> bool:
-        return False
-
-    logger.addFilter(drop)
-    try:
-        return check()
-    finally:
-        logger.removeFilter(drop)
 
 
 def session_pids(session: int, proc: Path = Path('/proc')) -> list[int]:

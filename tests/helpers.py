@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,9 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
+from clip_server.benchmark import free_port as free_port  # re-exported: the tests take it from here
 from clip_server.benchmark import interrupt
 from clip_server.model.factory import EncoderOptions, build_encoder
 from clip_server.model.registry import ModelSpec
@@ -51,16 +52,32 @@ def sample_image(seed: int = 0, size: tuple[int, int] = (97, 61), mode: str = 'R
     return Image.fromarray(pixels).convert(mode)
 
 
+def check_rank(client) -> list:
+    """Rank a picture's three candidates, one of them the same picture: it comes first at cosine 1,
+    the softmax scores are sorted best first and sum to 1. Returns the ranked matches."""
+    from docarray import Document
+
+    image = sample_image(4)
+    query = Document(
+        blob=encoded(image),
+        matches=[
+            Document(text='a caption'),
+            Document(id='same', tensor=np.asarray(image)),
+            Document(blob=encoded(sample_image(5))),
+        ],
+    )
+    ranked = client.rank([query])[0].matches
+    assert ranked[0].id == 'same'
+    assert ranked[0].scores['clip_score_cosine'].value == pytest.approx(1.0, abs=1e-4)
+    scores = [match.scores['clip_score'].value for match in ranked]
+    assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0, abs=1e-5)
+    return ranked
+
+
 def encoded(image: Image.Image, fmt: str = 'PNG', **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def flow_yaml(

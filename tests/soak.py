@@ -14,7 +14,6 @@ The test suite runs the same for a few seconds (tests/e2e/test_soak.py).
 from __future__ import annotations
 
 import argparse
-import io
 import random
 import sys
 import threading
@@ -24,17 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from helpers import encoded, sample_image
 
 BAD_EVERY = 10  # one deliberate bad request in this many, from gRPC clients (whose errors carry the reason)
 RSS_GROWTH_LIMIT = 0.10
 
 
 def _picture(rng: random.Random) -> bytes:
-    pixels = np.random.default_rng(rng.randrange(1 << 30)).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, 'PNG')
-    return buffer.getvalue()
+    return encoded(sample_image(rng.randrange(1 << 30), size=(64, 48)))
 
 
 def _texts(rng: random.Random, count: int) -> list[str]:

@@ -8,15 +8,15 @@ from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def without_root_log(prefix: str) -> Iterator[None]:
-    """Drop root-logger records that start with `prefix` while the block runs."""
+def without_log(prefix: str = '', logger: logging.Logger | None = None) -> Iterator[None]:
+    """Drop the records of `logger` (default: the root logger) that start with `prefix` while the block runs."""
 
     def keep(record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(prefix)
 
-    root = logging.getLogger()
-    root.addFilter(keep)
+    target = logger or logging.getLogger()
+    target.addFilter(keep)
     try:
         yield
     finally:
-        root.removeFilter(keep)
+        target.removeFilter(keep)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from clip_server.model.families.base import CONTEXT_LENGTH, FamilyBuilder, Tokenizer, Towers
-from clip_server.model.quiet import without_root_log
+from clip_server.model.quiet import without_log
 from clip_server.model.registry import ModelSpec
 from clip_server.model.torch_utils import rebuilt_buffers
 from clip_server.model.weights import locate_weights
@@ -45,7 +45,7 @@ def create_open_clip_model(
 
     archive = weights is not None and is_torchscript_archive(weights)
     # open_clip warns that the model is random; the archive's weights are loaded right after
-    with without_root_log('No pretrained weights loaded') if archive else contextlib.nullcontext():
+    with without_log('No pretrained weights loaded') if archive else contextlib.nullcontext():
         model = open_clip.create_model(
             spec.arch,
             pretrained=str(Path(weights)) if weights and not archive else None,

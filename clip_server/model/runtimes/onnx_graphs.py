@@ -23,7 +23,7 @@ import torch
 
 from clip_server.model.cache_build import digest
 from clip_server.model.families.base import Towers
-from clip_server.model.quiet import without_root_log
+from clip_server.model.quiet import without_log
 from clip_server.model.runtimes.onnx_runtime import (
     CUT_AT_END_OF_TEXT,
     IMAGE_FILE,
@@ -238,7 +238,7 @@ def quantize_graphs(folder: str | os.PathLike) -> Path:
         started, graph = time.monotonic(), folder / name
         quantized, data = folder / f'int8-{name}', Path(f'{graph}.data')
         large = data.exists()  # int8 is 4x smaller, yet ViT-bigG's image tower stays near protobuf's 2 GiB
-        with without_root_log('Please consider to run pre-processing'):  # its optional shape-inference pass
+        with without_log('Please consider to run pre-processing'):  # its optional shape-inference pass
             quantize_dynamic(graph, quantized, weight_type=QuantType.QInt8, use_external_data_format=large)
         metadata = {prop.key: prop.value for prop in onnx.load(str(graph), load_external_data=False).metadata_props}
         model = onnx.load(str(quantized))  # with its weights, wherever they were written

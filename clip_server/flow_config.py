@@ -57,9 +57,11 @@ def move_gateway_keys(root: yaml.MappingNode) -> bool:
 def use_clip_gateway(root: yaml.MappingNode) -> bool:
     """Serve through clip_server's gateway for the Flow's protocols unless `gateway: uses:` names
     another gateway (or the protocols are not plain names); True if set."""
-    gateway = _gateway_section(root)
     name = _clip_gateway_for(_get(root, 'with'))
-    if _get(gateway, 'uses') is not None or name is None:
+    if name is None:
+        return False
+    gateway = _gateway_section(root)
+    if _get(gateway, 'uses') is not None:
         return False
     _set(gateway, 'uses', yaml.ScalarNode(_STR, name))
     _set(

@@ -3,7 +3,7 @@
 `clip_client` sends `credential={'Authorization': TOKEN}` (or env `CLIP_AUTH_TOKEN`) as the raw
 token: gRPC metadata `authorization`, HTTP header `Authorization`; `Bearer TOKEN` is accepted too.
 It sends nothing over WebSocket, so WebSocket clients of their own send the header or `?token=`.
-Probes stay open: gRPC health, dry-run and info, and HTTP `GET /`, `/dry_run`, `/status`. A refusal
+Probes stay open: gRPC health, dry-run and info; HTTP `GET /`, `/dry_run`, `/status` and `/health/*`. A refusal
 says only that the token is missing or wrong (gRPC UNAUTHENTICATED, HTTP 401, WebSocket close 1008).
 """
 
@@ -16,18 +16,11 @@ from urllib.parse import parse_qs
 
 import grpc
 
+from clip_server.edge import DATA_RPC_PREFIXES, PROBE_PATHS, aborting
 from clip_server.types import ConfigurationError
 
 REFUSAL = 'missing or wrong authorization token'
-# gRPC services that carry documents; health, dry-run, info and reflection stay open for probes.
-PROTECTED_RPC_PREFIXES = (
-    '/jina.JinaRPC/',
-    '/jina.JinaSingleDataRequestRPC/',
-    '/jina.JinaSingleDocumentRequestRPC/',
-    '/jina.JinaDataRequestRPC/',
-    '/jina.JinaDiscoverEndpointsRPC/',
-)
-OPEN_HTTP_PATHS = ('/', '/dry_run', '/status')
+OPEN_HTTP_PATHS = ('/', '/dry_run', '/status', *PROBE_PATHS)
 
 
 def configured_tokens(tokens: Iterable[str] | None, tokens_env: str | None) -> tuple[str, ...]:
@@ -57,29 +50,12 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
-        if handler is None or not details.method.startswith(PROTECTED_RPC_PREFIXES):
+        if handler is None or not details.method.startswith(DATA_RPC_PREFIXES):
             return handler
         metadata = {key.lower(): value for key, value in details.invocation_metadata or ()}
-        return handler if accepted(metadata.get('authorization'), self._tokens) else _refusing(handler)
-
-
-def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
-
-    async def refuse(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSAL)
-
-    if handler.unary_unary:
-        make = grpc.unary_unary_rpc_method_handler
-    elif handler.unary_stream:
-        make = grpc.unary_stream_rpc_method_handler
-    elif handler.stream_unary:
-        make = grpc.stream_unary_rpc_method_handler
-    else:
-        make = grpc.stream_stream_rpc_method_handler
-    return make(
-        refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-    )
+        if accepted(metadata.get('authorization'), self._tokens):
+            return handler
+        return aborting(handler, grpc.StatusCode.UNAUTHENTICATED, REFUSAL)
 
 
 class TokenMiddleware:

@@ -1,10 +1,12 @@
-"""jina's gateways, sending executor errors to clients without their tracebacks.
+"""jina's gateways with a production edge: no tracebacks to clients, limits, probes, drain, auth.
 
 jina puts an executor exception's whole traceback (`exception.stacks`, install paths included)
 into the response on gRPC, HTTP and WebSocket alike, and has no switch for it. All of a
 gateway's responses pass through one result handler of its request streamer; these gateways
 wrap it: a client gets the error's name, its message (which names the document and the problem)
-and the request id, and the server log gets the traceback under that request id.
+and the request id, and the server log gets the traceback under that request id. The streamer's
+request handler is wrapped too, for the limits and the overload bound (`clip_server.edge`), and
+each server gets the edge's interceptor or middleware, then token auth (`clip_server.auth`).
 
 `python -m clip_server` serves every Flow through one of them unless the YAML names a gateway
 itself (`clip_server.flow_config`): `ClipGateway` for several protocols (jina's composite
@@ -13,6 +15,8 @@ gateway, which cannot serve a single one), else the gateway of the Flow's one pr
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Callable
 
 from jina.serve.runtimes.gateway.composite import CompositeGateway
@@ -20,50 +24,91 @@ from jina.serve.runtimes.gateway.grpc import GRPCGateway
 from jina.serve.runtimes.gateway.http import HTTPGateway
 from jina.serve.runtimes.gateway.websocket import WebSocketGateway
 from jina.serve.runtimes.servers.grpc import GRPCServer
+from jina.serve.runtimes.servers.websocket import WebSocketServer
 
 from clip_server.auth import TokenInterceptor, TokenMiddleware, configured_tokens
+from clip_server.edge import Edge, EdgeInterceptor, EdgeMiddleware, EdgeSettings
 
 Result = Callable[[object], object]
+DEFAULTS = EdgeSettings()
 
 
 class _ClipEdge:
-    """Tracebacks kept server-side, and token auth when tokens are configured (`clip_server.auth`).
+    """Everything `clip_server.edge` and `clip_server.auth` add to one of jina's gateways.
 
-    `auth_tokens`: tokens in the YAML; `auth_tokens_env`: the environment variable that holds
-    them, comma-separated, so that secrets stay out of files. Both go under `gateway: uses_with:`.
+    Options, under `gateway: uses_with:` in the Flow YAML: `auth_tokens` (tokens in the YAML),
+    `auth_tokens_env` (the environment variable that holds them, comma-separated, so that secrets
+    stay out of files), and the `EdgeSettings` limits.
     """
 
-    def __init__(self, auth_tokens: list[str] | None = None, auth_tokens_env: str | None = None, **kwargs):
+    def __init__(
+        self,
+        auth_tokens: list[str] | None = None,
+        auth_tokens_env: str | None = None,
+        max_request_bytes: int = DEFAULTS.max_request_bytes,
+        max_docs_per_request: int = DEFAULTS.max_docs_per_request,
+        max_pending_per_replica: int = DEFAULTS.max_pending_per_replica,
+        drain_seconds: float = DEFAULTS.drain_seconds,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        settings = EdgeSettings(max_request_bytes, max_docs_per_request, max_pending_per_replica, drain_seconds)
+        deployments = json.loads(self.runtime_args.deployments_addresses or '{}')
+        self.edge = Edge(settings, deployments, self.logger)
         handler = self._request_handler  # shared by every protocol's server
-        # jina 3.27.0 (pinned): the streamer behind every protocol, and the one callable each
-        # response passes through on its way to the client.
+        # jina 3.27.0 (pinned): the streamer behind every protocol; each request passes through its
+        # request handler on the way to the executors, each response through its result handler.
         streamer = handler.streamer._streamer
-        streamer._result_handler = without_tracebacks(streamer._result_handler, self.logger)
+        streamer._request_handler = self.edge.admitting(streamer._request_handler)
+        streamer._result_handler = without_tracebacks(streamer._result_handler, self.edge, self.logger)
         tokens = configured_tokens(auth_tokens, auth_tokens_env)
+        interceptors = [EdgeInterceptor(self.edge), *([TokenInterceptor(tokens)] if tokens else [])]
+        for server in self._servers():
+            if isinstance(server, GRPCServer):
+                existing = server.grpc_tracing_server_interceptors or []
+                server.grpc_tracing_server_interceptors = [*existing, *interceptors]
+                server.grpc_server_options = {
+                    **(server.grpc_server_options or {}),
+                    'grpc.max_receive_message_length': settings.max_request_bytes,
+                }
+        _customize_apps(handler, self.edge, tokens)
         if tokens:
-            _require_tokens(handler, getattr(self, 'servers', [self]), tokens)
             self.logger.info(f'clients must send one of {len(tokens)} authorization token(s)')
 
+    def _servers(self) -> list:
+        return getattr(self, 'servers', [self])
 
-def _require_tokens(handler, servers: list, tokens: tuple[str, ...]) -> None:
-    """An interceptor on each gRPC server; middleware on the FastAPI apps (HTTP, WebSocket) that
+    def _health_servicers(self) -> list:
+        return [server.health_servicer for server in self._servers() if isinstance(server, GRPCServer)]
+
+    async def setup_server(self):
+        await super().setup_server()
+        for server in self._servers():
+            if isinstance(server, WebSocketServer):  # jina fixes 1 GiB when it builds uvicorn's config
+                server.server.config.ws_max_size = self.edge.settings.max_request_bytes
+        self._readiness = asyncio.create_task(self.edge.watch_readiness(self._health_servicers()))
+
+    async def shutdown(self):
+        """Drain first: readiness off, new calls refused, open calls finished (`Edge.drain`)."""
+        await self.edge.drain(self._health_servicers())
+        self._readiness.cancel()
+        await super().shutdown()
+
+
+def _customize_apps(handler, edge: Edge, tokens: tuple[str, ...]) -> None:
+    """The edge's middleware, then auth's around it, on the FastAPI apps (HTTP, WebSocket) that
     the shared request handler builds when each server starts."""
-    for server in servers:
-        if isinstance(server, GRPCServer):
-            server.grpc_tracing_server_interceptors = [
-                *(server.grpc_tracing_server_interceptors or []),
-                TokenInterceptor(tokens),
-            ]
     for name in ('_http_fastapi_default_app', '_websocket_fastapi_default_app'):
         build = getattr(handler, name)
 
-        def guarded(*args, _build=build, **kwargs):
+        def customized(*args, _build=build, **kwargs):
             app = _build(*args, **kwargs)
-            app.add_middleware(TokenMiddleware, tokens=tokens)
+            app.add_middleware(EdgeMiddleware, edge=edge)
+            if tokens:  # added last, so it runs first: no body is read for a client without a token
+                app.add_middleware(TokenMiddleware, tokens=tokens)
             return app
 
-        setattr(handler, name, guarded)
+        setattr(handler, name, customized)
 
 
 class ClipGateway(_ClipEdge, CompositeGateway):
@@ -86,11 +131,12 @@ class ClipWebSocketGateway(_ClipEdge, WebSocketGateway):
 SINGLE_PROTOCOL = {'grpc': 'ClipGRPCGateway', 'http': 'ClipHTTPGateway', 'websocket': 'ClipWebSocketGateway'}
 
 
-def without_tracebacks(handle_result: Result, logger) -> Result:
+def without_tracebacks(handle_result: Result, edge: Edge, logger) -> Result:
     """`handle_result`, then the error's traceback moved from the response to the log."""
 
     def handle(result):
-        response = handle_result(result)
+        response = result if edge.refused_here(result) else handle_result(result)
+        edge.on_result(response)
         status = response.header.status
         if status.code == status.ERROR and status.exception.stacks:
             stacks = ''.join(status.exception.stacks)

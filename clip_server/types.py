@@ -24,6 +24,10 @@ class InvalidInputError(ClipServerError, ValueError):
     """Client content that cannot become model input; the message names the problem."""
 
 
+class RequestLimitError(ClipServerError, ValueError):
+    """A request over one of the gateway's limits (documents per request)."""
+
+
 class UnknownModelError(ClipServerError, ValueError):
     """The requested model name is neither in the registry nor known to open_clip."""
 

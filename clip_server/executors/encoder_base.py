@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 from docarray import Document, DocumentArray
 from jina import Executor, requests
+from PIL import Image
 
 from clip_server.executors.content import DEFAULT_LIMITS, ContentLimits
 from clip_server.executors.documents import (
@@ -126,6 +127,15 @@ class CLIPEncoderBase(Executor):
         if runtime_options.get('dtype') in (None, AUTO):
             why = auto_dtype(self.runtime, self.model.device)[1]
             self.logger.info(f'dtype auto chose {self.model.dtype}: {why}')
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Encode one text and one image before this replica serves (jina serves it only once this
+        returns): the first client does not wait for lazy initialisation, and the gateway's
+        readiness probe means "warm", not merely "loaded"."""
+        self.model.encode_text(self.preprocessor.tokenize(['warm-up']))
+        blank = Image.new('RGB', (self.spec.image_size, self.spec.image_size))
+        self.model.encode_image(self.preprocessor.pixels(blank)[None])
 
     def cpu_threads(self) -> int:
         """Threads for one replica's inference: OMP_NUM_THREADS, else the cores split between replicas."""

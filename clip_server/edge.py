@@ -1,0 +1,417 @@
+"""The gateway's production edge, shared by its gRPC, HTTP and WebSocket servers.
+
+- Limits: bytes per request (gRPC's receive limit, an HTTP body cap, WebSocket's frame cap) and
+  documents per request; each refusal names the limit and the value.
+- Overload: at most `max_pending_per_replica` x replicas requests in the Flow at once; past that,
+  new requests are refused at once (gRPC RESOURCE_EXHAUSTED, HTTP 429) instead of queueing.
+- Probes: HTTP `/health/live` and `/health/ready`, and the gRPC health service's overall status,
+  say ready only when one replica of every executor answers (an executor serves once its model
+  has loaded and encoded a warm-up batch), and not while draining.
+- Drain: on shutdown, readiness turns off, new calls are refused (HTTP 503, gRPC UNAVAILABLE,
+  WebSocket handshakes), and the calls already open finish, up to `drain_seconds`.
+- HTTP status codes: 400 for a request that failed on its documents, 500 for other executor
+  errors, 413, 429 and 503 for the refusals above (jina answers 200 with the error inside).
+
+`clip_server.gateway` wires one `Edge` into each gateway; this module knows nothing of its classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import inspect
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+from docarray import DocumentArray
+from grpc_health.v1 import health_pb2
+from jina.excepts import InternalNetworkError
+from jina.serve.executors import __dry_run_endpoint__
+from jina.serve.networking.utils import send_health_check_async
+
+from clip_server.types import ConfigurationError, InvalidInputError, RequestLimitError
+
+MiB = 2**20
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+PROBE_PATHS = ('/health/live', '/health/ready')
+# gRPC services that carry documents; health, dry-run, info and reflection stay open for probes.
+DATA_RPC_PREFIXES = (
+    '/jina.JinaRPC/',
+    '/jina.JinaSingleDataRequestRPC/',
+    '/jina.JinaSingleDocumentRequestRPC/',
+    '/jina.JinaDataRequestRPC/',
+    '/jina.JinaDiscoverEndpointsRPC/',
+)
+_DISCOVERY = '/jina.JinaDiscoverEndpointsRPC/'
+# The HTTP status of a request that failed with one of these errors; any other error is a 500.
+ERROR_STATUS = {InvalidInputError.__name__: 400, RequestLimitError.__name__: 413}
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    """The gateway's limits, from `gateway: uses_with:` in the Flow YAML."""
+
+    max_request_bytes: int = 100 * MiB
+    max_docs_per_request: int = 2048
+    max_pending_per_replica: int = 256
+    drain_seconds: float = 30.0
+
+    def __post_init__(self):
+        for name, value in vars(self).items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigurationError(f'gateway option {name} must be a positive number, got {value!r}')
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A call turned away at the door, as each protocol says it."""
+
+    http_status: int
+    grpc_code: grpc.StatusCode
+    message: str
+
+
+DRAINING = Refusal(503, grpc.StatusCode.UNAVAILABLE, 'the server is shutting down: send the request elsewhere')
+
+# The HTTP status that a request's outcome asks for; set by whatever handles the request in the
+# HTTP app's own context (the streamer runs its handlers there), read by `EdgeMiddleware`.
+_http_status: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar('clip_http_status', default=None)
+
+
+def _ask_http_status(status: int) -> None:
+    asked = _http_status.get()
+    if asked is not None:
+        asked.append(status)
+
+
+class Edge:
+    """The state that the servers of one gateway share: readiness, open calls, pending requests."""
+
+    def __init__(self, settings: EdgeSettings, deployments: dict[str, list[str]], logger):
+        self.settings = settings
+        self.logger = logger
+        self._deployments = deployments
+        replicas = max((len(addresses) for addresses in deployments.values()), default=1)
+        self.max_pending = settings.max_pending_per_replica * replicas
+        self.pending = 0  # requests sent on to the executors and not answered yet
+        self.open_calls = 0  # HTTP requests, WebSocket connections and gRPC data calls in progress
+        self.draining = False
+        self.ready, self.reason = False, 'starting: the executors have not answered yet'
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[None]:
+        """Count one open call for the drain to wait on."""
+        self.open_calls += 1
+        try:
+            yield
+        finally:
+            self.open_calls -= 1
+
+    def refusal(self, carries_documents: bool = True) -> Refusal | None:
+        """Why a new call may not start now, if it may not: draining, or too many requests pending."""
+        if self.draining:
+            return DRAINING
+        if carries_documents and self.pending >= self.max_pending:
+            return Refusal(
+                429,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f'the server is busy: {self.pending} requests pending, the limit is {self.max_pending} '
+                f'(max_pending_per_replica); retry later',
+            )
+        return None
+
+    # --- requests, as jina's streamer hands them to the executors ---
+
+    def admitting(self, handle_request: Callable) -> Callable:
+        """jina's streamer request handler, answering a request over `max_docs_per_request` with an
+        error of its own (`refused_here`) and counting the others while the executors have them."""
+
+        def handle(request, return_type):
+            if request.header.exec_endpoint == __dry_run_endpoint__:  # a probe, not a client's request
+                return handle_request(request=request, return_type=return_type)
+            documents = _document_count(request)
+            if documents > self.settings.max_docs_per_request:
+                return _answered_now(_failed(request, self._too_many(documents))), None
+            responses, floating = handle_request(request=request, return_type=return_type)
+            self.pending += 1
+            responses.add_done_callback(self._answered)
+            return asyncio.ensure_future(_without_frames(responses)), floating
+
+        return handle
+
+    def _answered(self, _future) -> None:
+        self.pending -= 1
+
+    def _too_many(self, documents: int) -> str:
+        return (
+            f'the request has {documents:,} documents, over max_docs_per_request '
+            f'({self.settings.max_docs_per_request:,}): send them in smaller requests'
+        )
+
+    @staticmethod
+    def refused_here(response) -> bool:
+        """Whether `admitting` answered this request itself (jina's metrics never saw it start)."""
+        return response.header.status.exception.name == RequestLimitError.__name__
+
+    def on_result(self, response) -> None:
+        """Ask HTTP for the status that fits a failed request (`ERROR_STATUS`)."""
+        status = response.header.status
+        if status.code == status.ERROR:
+            _ask_http_status(ERROR_STATUS.get(status.exception.name, 500))
+
+    # --- readiness and drain ---
+
+    async def watch_readiness(self, servicers: list, interval: float = 1.0) -> None:
+        """Keep `ready` and the gRPC health service's overall status up to date until cancelled."""
+        while not self.draining:
+            ready, reason = await self._executors_answer()
+            if (ready, reason) != (self.ready, self.reason):
+                self.logger.info('ready: every executor answers' if ready else f'not ready: {reason}')
+            if not self.draining:
+                self.ready, self.reason = ready, reason
+                for servicer in servicers:
+                    await servicer.set('', SERVING if ready else NOT_SERVING)
+            await asyncio.sleep(interval)
+
+    async def _executors_answer(self) -> tuple[bool, str]:
+        """Whether one replica of each executor reports SERVING (jina serves one only once it loaded)."""
+        for name, addresses in self._deployments.items():
+            answers = await asyncio.gather(*(_serving(address) for address in addresses))
+            if not any(answers):
+                return False, f'executor {name} does not answer yet'
+        return True, ''
+
+    async def drain(self, servicers: list) -> None:
+        """Turn readiness off, refuse new calls, and wait for the open ones (up to drain_seconds)."""
+        self.draining = True
+        self.ready, self.reason = False, 'draining: the server is shutting down'
+        for servicer in servicers:
+            await servicer.enter_graceful_shutdown()
+        deadline = time.monotonic() + self.settings.drain_seconds
+        if self.open_calls or self.pending:
+            self.logger.info(f'draining: waiting for {self.open_calls} open call(s), {self.pending} request(s)')
+        while (self.open_calls or self.pending) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.open_calls or self.pending:
+            self.logger.warning(
+                f'drain_seconds ({self.settings.drain_seconds}) passed with {self.open_calls} call(s) still open'
+            )
+
+    def readiness(self) -> tuple[int, dict]:
+        """The HTTP readiness probe's status code and body."""
+        if self.ready:
+            return 200, {'ready': True}
+        return 503, {'ready': False, 'reason': self.reason}
+
+
+async def _serving(address: str) -> bool:
+    with contextlib.suppress(Exception):  # unreachable, refusing or slow all mean "not serving"
+        answer = await send_health_check_async(address.split('://')[-1], timeout=1.0)
+        return answer.status == SERVING
+    return False
+
+
+def _answered_now(response) -> asyncio.Future:
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(response)
+    return future
+
+
+def _failed(request, message: str):
+    """`request`, emptied, as an error response: the client gets `message` as the request's error."""
+    request.data.docs = DocumentArray()
+    status = request.header.status
+    status.code = status.ERROR
+    status.description = message
+    status.exception.name = RequestLimitError.__name__
+    status.exception.args.append(message)
+    return request
+
+
+async def _without_frames(responses: asyncio.Future):
+    """The executors' response; a network error loses the frames that jina's HTTP app would send."""
+    try:
+        return await responses
+    except InternalNetworkError as error:
+        error.og_exception.__traceback__ = None
+        raise
+
+
+def _document_count(request) -> int:
+    """Documents in a request, with the matches and chunks that the executors encode too."""
+    data = request.proto_with_data.data
+    if data.WhichOneof('documents') == 'docs_bytes':
+        return len(request.docs)
+    return sum(1 + len(doc.matches) + len(doc.chunks) for doc in data.docs.docs)
+
+
+# --- gRPC ---
+
+
+class EdgeInterceptor(grpc.aio.ServerInterceptor):
+    """Counts the document-carrying calls for the drain, and refuses new ones while draining."""
+
+    def __init__(self, edge: Edge):
+        self._edge = edge
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(DATA_RPC_PREFIXES):
+            return handler
+        refusal = self._edge.refusal(carries_documents=not details.method.startswith(_DISCOVERY))
+        if refusal is not None:
+            return aborting(handler, refusal.grpc_code, refusal.message)
+        return with_behavior(handler, self._counted(handler))
+
+    def _counted(self, handler: grpc.RpcMethodHandler) -> Callable:
+        behavior = _behavior(handler)
+        edge = self._edge
+        if inspect.isasyncgenfunction(behavior):
+
+            async def streamed(request, context):
+                with edge.call():
+                    async for response in behavior(request, context):
+                        yield response
+
+            return streamed
+
+        async def answered(request, context):
+            with edge.call():
+                return await behavior(request, context)
+
+        return answered
+
+
+def _behavior(handler: grpc.RpcMethodHandler) -> Callable:
+    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+
+def with_behavior(handler: grpc.RpcMethodHandler, behavior: Callable) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` (unary or streaming each way) running `behavior`."""
+    if handler.unary_unary:
+        make = grpc.unary_unary_rpc_method_handler
+    elif handler.unary_stream:
+        make = grpc.unary_stream_rpc_method_handler
+    elif handler.stream_unary:
+        make = grpc.stream_unary_rpc_method_handler
+    else:
+        make = grpc.stream_stream_rpc_method_handler
+    return make(
+        behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+
+
+def aborting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that answers `code` with `message`."""
+
+    async def abort(request, context):
+        await context.abort(code, message)
+
+    return with_behavior(handler, abort)
+
+
+# --- HTTP and WebSocket (ASGI) ---
+
+
+class EdgeMiddleware:
+    """ASGI middleware for jina's HTTP and WebSocket apps: probes, body cap, drain, status codes."""
+
+    def __init__(self, app, edge: Edge):
+        self.app, self._edge = app, edge
+
+    async def __call__(self, scope, receive, send):
+        kind = scope['type']
+        if kind == 'http' and scope['path'] in PROBE_PATHS:
+            return await self._probe(scope['path'], send)
+        if kind not in ('http', 'websocket'):
+            return await self.app(scope, receive, send)
+        refusal = self._edge.refusal(carries_documents=kind == 'websocket' or scope['method'] != 'GET')
+        if refusal is not None:
+            return await _refuse(kind, send, refusal)
+        with self._edge.call():
+            if kind == 'websocket':
+                return await self.app(scope, receive, send)
+            body = await _body_within(receive, scope, self._edge.settings.max_request_bytes)
+            if isinstance(body, Refusal):
+                return await _refuse(kind, send, body)
+            if body is not None:  # else the client went away while sending it
+                await self._answer(scope, _replay(body, receive), send)
+
+    async def _answer(self, scope, receive, send):
+        """Run the app, replacing its status (200 for an executor's error, 500 for a refusal) with
+        the one that the request's outcome asked for."""
+        asked: list[int] = []
+        token = _http_status.set(asked)
+        try:
+
+            async def send_with_status(message):
+                if message['type'] == 'http.response.start' and asked:
+                    message = {**message, 'status': asked[-1]}
+                await send(message)
+
+            await self.app(scope, receive, send_with_status)
+        finally:
+            _http_status.reset(token)
+
+    async def _probe(self, path: str, send) -> None:
+        status, body = (200, {'live': True}) if path == '/health/live' else self._edge.readiness()
+        await _send_json(send, status, body)
+
+
+async def _body_within(receive, scope, limit: int) -> bytes | Refusal | None:
+    """The whole request body, or a 413 refusal as soon as it is known to pass `limit` bytes."""
+    declared = dict(scope.get('headers', [])).get(b'content-length')
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return _too_large(int(declared), limit)
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message['type'] != 'http.request':
+            return None
+        chunks.append(message.get('body', b''))
+        size += len(chunks[-1])
+        if size > limit:
+            return _too_large(size, limit, at_least=True)
+        if not message.get('more_body', False):
+            return b''.join(chunks)
+
+
+def _too_large(size: int, limit: int, at_least: bool = False) -> Refusal:
+    amount = f'over {size - 1:,}' if at_least else f'{size:,}'
+    return Refusal(
+        413,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f'the request body is {amount} bytes, over max_request_bytes ({limit:,})',
+    )
+
+
+def _replay(body: bytes, receive: Callable) -> Callable:
+    """An ASGI `receive` that hands the app the body read already, then the connection's own
+    messages (a disconnect)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {'type': 'http.request', 'body': body, 'more_body': False}
+        return await receive()
+
+    return replay
+
+
+async def _refuse(kind: str, send, refusal: Refusal) -> None:
+    if kind == 'websocket':  # closed before the handshake: the client sees HTTP 403
+        return await send({'type': 'websocket.close', 'code': 1013, 'reason': refusal.message[:120]})
+    await _send_json(send, refusal.http_status, {'detail': refusal.message})
+
+
+async def _send_json(send, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
+    headers = [(b'content-type', b'application/json'), (b'content-length', str(len(payload)).encode())]
+    await send({'type': 'http.response.start', 'status': status, 'headers': headers})
+    await send({'type': 'http.response.body', 'body': payload})

@@ -381,7 +381,7 @@ async def _body_within(receive, scope, limit: int) -> bytes | Refusal | None:
 
 
 def _too_large(size: int, limit: int, at_least: bool = False) -> Refusal:
-    amount = f'over {size - 1:,}' if at_least else f'{size:,}'
+    amount = f'at least {size:,}' if at_least else f'{size:,}'
     return Refusal(
         413,
         grpc.StatusCode.RESOURCE_EXHAUSTED,

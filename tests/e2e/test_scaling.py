@@ -26,11 +26,14 @@ print(f"replica-probe name={os.environ.get('JINA_DEPLOYMENT_NAME')} pid={os.getp
 PROBE_LINE = re.compile(r'^replica-probe name=(\S+) pid=(\d+) CUDA_VISIBLE_DEVICES=(\S+)$', re.M)
 
 
-def replicated_flow(tiny_weights, folder, port: int, replicas: int, executor_extra: str = '') -> str:
+def replicated_flow(
+    tiny_weights, folder, port: int | list[int], replicas: int, executor_extra: str = '', protocol='grpc'
+) -> str:
     probe = folder / 'replica_probe.py'
     probe.write_text(PROBE)
     text = flow_yaml(
         port,
+        protocol=protocol,
         with_params={'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit']), 'num_worker_preprocess': 1},
         executor_extra=f'\n    replicas: {replicas}{executor_extra}',
     )
@@ -122,3 +125,25 @@ def test_a_killed_replica_costs_at_most_its_requests_then_the_other_serves(tiny_
         assert all(after[-5:]), outcomes  # then every request is served by the other replica
     finally:
         server.stop(timeout=5)  # the Flow waits long for the replica it lost; its process group is killed
+
+
+def test_a_lost_executor_is_a_503_without_frames_and_the_gateway_is_not_ready(tiny_weights, tmp_path):
+    """The network-error path of jina's HTTP app carries no traceback frames either."""
+    ports = [free_port(), free_port()]
+    server = start_server(
+        tmp_path, replicated_flow(tiny_weights, tmp_path, ports, 1, protocol=['grpc', 'http']), ports[0]
+    )
+    base = f'http://127.0.0.1:{ports[1]}'
+    try:
+        assert requests.get(f'{base}/health/ready', timeout=10).status_code == 200
+        os.kill(probed(server)[0][1], signal.SIGKILL)
+        response = requests.post(f'{base}/post', json={'data': [{'text': 'anyone there?'}]}, timeout=120)
+        assert response.status_code == 503
+        assert not re.search(r'Traceback|File "|site-packages|\.py", line', response.text), response.text[:2000]
+        deadline = time.monotonic() + 15
+        while requests.get(f'{base}/health/ready', timeout=10).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        ready = requests.get(f'{base}/health/ready', timeout=10)
+        assert ready.status_code == 503 and 'executor clip does not answer' in ready.json()['reason']
+    finally:
+        server.stop(timeout=5)

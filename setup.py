@@ -67,6 +67,8 @@ setup(
         'test': [
             # the client users have; its HTTP path needs the jina pinned above
             'clip_client==0.8.3',
+            # the real SDK for the OpenAI API's tests; pinned so that what CI checks changes only on purpose
+            'openai==3.57.0',
             'pytest>=8',
             'pytest-timeout>=2.3',
             # the Dockerfile linter as a wheel (no Docker engine or Debian package needed)

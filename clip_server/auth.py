@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 
 import grpc
 
-from clip_server.edge import DATA_RPC_PREFIXES, PROBE_PATHS, aborting
+from clip_server.edge import DATA_RPC_PREFIXES, PROBE_PATHS, aborting, error_body, send_json
 from clip_server.types import ConfigurationError
 
 REFUSAL = 'missing or wrong authorization token'
@@ -71,10 +71,8 @@ class TokenMiddleware:
             return await self.app(scope, receive, send)
         if kind == 'websocket':
             return await send({'type': 'websocket.close', 'code': 1008, 'reason': REFUSAL})
-        body = f'{{"detail": "{REFUSAL}"}}'.encode()
-        headers = [(b'content-type', b'application/json'), (b'www-authenticate', b'Bearer')]
-        await send({'type': 'http.response.start', 'status': 401, 'headers': headers})
-        await send({'type': 'http.response.body', 'body': body})
+        body = error_body(scope['path'], 401, REFUSAL, code='invalid_api_key')
+        await send_json(send, 401, body, headers=((b'www-authenticate', b'Bearer'),))
 
 
 def _presented(scope) -> str | None:

@@ -331,25 +331,25 @@ class EdgeMiddleware:
             return await self.app(scope, receive, send)
         refusal = self._edge.refusal(carries_documents=kind == 'websocket' or scope['method'] != 'GET')
         if refusal is not None:
-            return await _refuse(kind, send, refusal)
+            return await _refuse(scope, send, refusal)
         with self._edge.call():
             if kind == 'websocket':
                 return await self.app(scope, receive, send)
             body = await _body_within(receive, scope, self._edge.settings.max_request_bytes)
             if isinstance(body, Refusal):
-                return await _refuse(kind, send, body)
+                return await _refuse(scope, send, body)
             if body is not None:  # else the client went away while sending it
                 await self._answer(scope, _replay(body, receive), send)
 
     async def _answer(self, scope, receive, send):
-        """Run the app, replacing its status (200 for an executor's error, 500 for a refusal) with
-        the one that the request's outcome asked for."""
+        """Run the app, replacing the 200 that jina answers an executor's error with the status that
+        the request's outcome asked for."""
         asked: list[int] = []
         token = _http_status.set(asked)
         try:
 
             async def send_with_status(message):
-                if message['type'] == 'http.response.start' and asked:
+                if message['type'] == 'http.response.start' and asked and message['status'] == 200:
                     message = {**message, 'status': asked[-1]}
                 await send(message)
 
@@ -359,7 +359,7 @@ class EdgeMiddleware:
 
     async def _probe(self, path: str, send) -> None:
         status, body = (200, {'live': True}) if path == '/health/live' else self._edge.readiness()
-        await _send_json(send, status, body)
+        await send_json(send, status, body)
 
 
 async def _body_within(receive, scope, limit: int) -> bytes | Refusal | None:
@@ -404,14 +404,27 @@ def _replay(body: bytes, receive: Callable) -> Callable:
     return replay
 
 
-async def _refuse(kind: str, send, refusal: Refusal) -> None:
-    if kind == 'websocket':  # closed before the handshake: the client sees HTTP 403
+async def _refuse(scope, send, refusal: Refusal) -> None:
+    if scope['type'] == 'websocket':  # closed before the handshake: the client sees HTTP 403
         return await send({'type': 'websocket.close', 'code': 1013, 'reason': refusal.message[:120]})
-    await _send_json(send, refusal.http_status, {'detail': refusal.message})
+    await send_json(send, refusal.http_status, error_body(scope['path'], refusal.http_status, refusal.message))
 
 
-async def _send_json(send, status: int, body: dict) -> None:
+# OpenAI's error type for each status, for the OpenAI API's paths.
+_OPENAI_ERROR_TYPES = {401: 'authentication_error', 429: 'rate_limit_error'}
+OPENAI_PATHS = '/v1/'
+
+
+def error_body(path: str, status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    """An error's JSON body: OpenAI's shape on the OpenAI API's paths, `{"detail": ...}` elsewhere."""
+    if not path.startswith(OPENAI_PATHS):
+        return {'detail': message}
+    kind = _OPENAI_ERROR_TYPES.get(status, 'server_error' if status >= 500 else 'invalid_request_error')
+    return {'error': {'message': message, 'type': kind, 'param': param, 'code': code}}
+
+
+async def send_json(send, status: int, body: dict, headers: tuple = ()) -> None:
     payload = json.dumps(body).encode()
-    headers = [(b'content-type', b'application/json'), (b'content-length', str(len(payload)).encode())]
+    headers = [(b'content-type', b'application/json'), (b'content-length', str(len(payload)).encode()), *headers]
     await send({'type': 'http.response.start', 'status': status, 'headers': headers})
     await send({'type': 'http.response.body', 'body': payload})

@@ -28,6 +28,8 @@ from jina.serve.runtimes.servers.websocket import WebSocketServer
 
 from clip_server.auth import TokenInterceptor, TokenMiddleware, configured_tokens
 from clip_server.edge import Edge, EdgeInterceptor, EdgeMiddleware, EdgeSettings
+from clip_server.openai_api import OpenAIRoutes
+from clip_server.remote_images import ImageFetching
 
 Result = Callable[[object], object]
 DEFAULTS = EdgeSettings()
@@ -38,7 +40,8 @@ class _ClipEdge:
 
     Options, under `gateway: uses_with:` in the Flow YAML: `auth_tokens` (tokens in the YAML),
     `auth_tokens_env` (the environment variable that holds them, comma-separated, so that secrets
-    stay out of files), and the `EdgeSettings` limits.
+    stay out of files), the `EdgeSettings` limits, and `fetch_images` (`clip_server.remote_images`:
+    the hosts the OpenAI API may fetch image URLs from; none by default).
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class _ClipEdge:
         max_docs_per_request: int = DEFAULTS.max_docs_per_request,
         max_pending_per_replica: int = DEFAULTS.max_pending_per_replica,
         drain_seconds: float = DEFAULTS.drain_seconds,
+        fetch_images: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -71,7 +75,8 @@ class _ClipEdge:
                     **(server.grpc_server_options or {}),
                     'grpc.max_receive_message_length': settings.max_request_bytes,
                 }
-        _customize_apps(handler, self.edge, tokens)
+        openai_routes = OpenAIRoutes(handler.streamer, max_docs_per_request, ImageFetching.from_option(fetch_images))
+        _customize_apps(handler, self.edge, tokens, openai_routes)
         if tokens:
             self.logger.info(f'clients must send one of {len(tokens)} authorization token(s)')
 
@@ -95,14 +100,16 @@ class _ClipEdge:
         await super().shutdown()
 
 
-def _customize_apps(handler, edge: Edge, tokens: tuple[str, ...]) -> None:
+def _customize_apps(handler, edge: Edge, tokens: tuple[str, ...], openai_routes: OpenAIRoutes) -> None:
     """The edge's middleware, then auth's around it, on the FastAPI apps (HTTP, WebSocket) that
-    the shared request handler builds when each server starts."""
+    the shared request handler builds when each server starts; the OpenAI API on the HTTP one."""
     for name in ('_http_fastapi_default_app', '_websocket_fastapi_default_app'):
         build = getattr(handler, name)
 
-        def customized(*args, _build=build, **kwargs):
+        def customized(*args, _build=build, _name=name, **kwargs):
             app = _build(*args, **kwargs)
+            if _name == '_http_fastapi_default_app':
+                openai_routes.install(app)
             app.add_middleware(EdgeMiddleware, edge=edge)
             if tokens:  # added last, so it runs first: no body is read for a client without a token
                 app.add_middleware(TokenMiddleware, tokens=tokens)

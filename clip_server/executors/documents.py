@@ -47,6 +47,8 @@ Failure = tuple[Document, str]
 
 # The tag that carries a document's failure to the `InputErrors` executor (cross-request batching).
 ERROR_TAG = 'clip_server_error'
+# How many tokens a text became (after cutting to the context), set when a request asks `count_tokens`.
+TOKENS_TAG = 'clip_server_tokens'
 
 
 def split_by_modality(docs: DocumentArray) -> tuple[dict[Modality, list[Document]], list[Failure]]:

@@ -22,6 +22,7 @@ from PIL import Image
 from clip_server.executors.content import DEFAULT_LIMITS, ContentLimits
 from clip_server.executors.documents import (
     ERROR_TAG,
+    TOKENS_TAG,
     Failure,
     Modality,
     drop_image_content,
@@ -158,10 +159,18 @@ class CLIPEncoderBase(Executor):
         self._report(failed)
         return docs
 
+    @requests(on='/model_info')
+    def model_info(self, docs: DocumentArray, **kwargs: Any) -> DocumentArray:
+        """The served model's name and embedding size, on each document (the gateway's OpenAI API
+        asks, as only the executor knows which model it loaded)."""
+        for doc in docs:
+            doc.tags.update(model=self.spec.name, dim=self.spec.dim)
+        return docs
+
     @requests
     def encode(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
         targets = list(docs[self._paths(parameters)])
-        failed = self._embed(targets, skip_empty=True)
+        failed = self._embed(targets, skip_empty=True, count_tokens=bool(parameters.get('count_tokens')))
         if parameters.get('drop_image_content', False):
             drop_image_content(targets)
         self._report(failed)
@@ -185,7 +194,7 @@ class CLIPEncoderBase(Executor):
         for doc, message in failed:
             doc.tags[ERROR_TAG] = message
 
-    def _embed(self, docs: list[Document], skip_empty: bool) -> list[Failure]:
+    def _embed(self, docs: list[Document], skip_empty: bool, count_tokens: bool = False) -> list[Failure]:
         """Embed every readable document; return the others with their reasons."""
         for doc in docs:
             doc.tags.pop(ERROR_TAG, None)  # only this server's verdict counts, not one a client sent
@@ -195,18 +204,23 @@ class CLIPEncoderBase(Executor):
             failed += [(doc, f'document {doc.id} has no text, blob, tensor or data URI to encode') for doc in empty]
         elif empty:
             self.logger.warning(f'{len(empty)} document(s) without content left without embedding, e.g. {empty[0].id}')
-        self._encode_texts(groups[Modality.TEXT], failed)
+        self._encode_texts(groups[Modality.TEXT], failed, count_tokens)
         self._encode_images(groups[Modality.IMAGE], failed)
         return failed
 
-    def _encode_texts(self, docs: list[Document], failed: list[Failure]) -> None:
+    def _encode_texts(self, docs: list[Document], failed: list[Failure], count_tokens: bool) -> None:
         """Tokenize each minibatch in one call, here: cheaper than a worker per text, and the
-        model's time dwarfs it (2 ms for 32 captions)."""
+        model's time dwarfs it (2 ms for 32 captions). `count_tokens` tags each text with its
+        token count, start and end tokens included (the OpenAI API's `usage`)."""
         for batch in minibatches(docs, self.minibatch_size):
             readable = _readable(batch, [self._attempt(self._read_text, doc) for doc in batch], failed)
             if readable and self._worth_encoding(failed):
                 with self.monitor('preprocess_texts_seconds'):
                     tokens = self.preprocessor.tokenize([text for _, text in readable])
+                if count_tokens:
+                    padding = self.preprocessor.pad_token_id or 0
+                    for (doc, _), row in zip(readable, tokens, strict=True):
+                        doc.tags[TOKENS_TAG] = int((row != padding).sum())
                 self._encode([doc for doc, _ in readable], tokens, self.model.encode_text, 'texts')
 
     def _encode_images(self, docs: list[Document], failed: list[Failure]) -> None:

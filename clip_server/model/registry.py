@@ -108,6 +108,12 @@ def _open_clip_pairs() -> dict[str, tuple[str, str]]:
     return {_key(f'{arch}::{tag}'): (arch, tag) for arch, tag in open_clip.list_pretrained()}
 
 
+def same_model(requested: str, served: str) -> bool:
+    """Whether `requested` names the model served as `served`: its own name in any spelling, or an
+    alias of it (from the table alone: nothing is imported or downloaded)."""
+    return _key(_ALIAS_BY_KEY.get(_key(requested), requested)) == _key(served)
+
+
 def register(spec: ModelSpec) -> None:
     """Make another model name servable, e.g. from a module listed in the Flow's `py_modules`."""
     _BY_KEY[_key(spec.name)] = spec

@@ -1,0 +1,217 @@
+"""OpenAI's embeddings API on the HTTP gateway: `POST /v1/embeddings` and `GET /v1/models`.
+
+Requests go through the same streamer as `/post`, so auth, limits, the overload bound, the
+encoder's cross-request batches, replicas and metrics apply unchanged. An `input` item is a text,
+an image as a `data:image/...;base64,` URI (told apart by that prefix, as NV-CLIP does), or an
+object `{"text": ...}` / `{"image": <data URI, base64 or URL>}`; items may be mixed. Embeddings are
+the model's own, as `clip_client` gets them (not normalised). Errors take OpenAI's shape, naming
+the item (`input[3]`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+
+import numpy as np
+from docarray import Document, DocumentArray
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from clip_server.edge import ERROR_STATUS, error_body
+from clip_server.executors.documents import TOKENS_TAG
+from clip_server.model.registry import same_model
+from clip_server.remote_images import ImageFetching
+from clip_server.types import InvalidInputError
+
+# What a batch of this route asks the encoder; the same for every call, so calls share batches.
+ENCODE_PARAMETERS = {'drop_image_content': True, 'count_tokens': True}
+ENCODING_FORMATS = ('float', 'base64')
+MODEL_NOT_FOUND = 'model_not_found'
+
+
+class OpenAIError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.param, self.code = status, param, code
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(error_body('/v1/', self.status, str(self), self.param, self.code), self.status)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    dim: int
+
+
+class OpenAIRoutes:
+    """The two routes, bound to the gateway's streamer."""
+
+    def __init__(self, streamer, max_items: int, fetching: ImageFetching):
+        self._streamer = streamer
+        self._max_items = max_items
+        self._fetching = fetching
+        self._served: ServedModel | None = None
+
+    def install(self, app: FastAPI) -> None:
+        app.add_api_route('/v1/embeddings', self.embeddings, methods=['POST'], tags=['OpenAI'])
+        app.add_api_route('/v1/models', self.models, methods=['GET'], tags=['OpenAI'])
+
+    async def models(self) -> JSONResponse:
+        try:
+            served = await self._model()
+        except OpenAIError as error:
+            return error.response()
+        entry = {'id': served.name, 'object': 'model', 'created': 0, 'owned_by': 'clip_server'}
+        return JSONResponse({'object': 'list', 'data': [entry]})
+
+    async def embeddings(self, request: Request) -> JSONResponse:
+        try:
+            body = _json_object(await request.body())
+            served = await self._model()
+            _check_model(body, served)
+            encoding = _encoding_format(body)
+            docs = await asyncio.to_thread(self._documents, _items(body, self._max_items))
+            encoded = await self._encode(docs)
+        except OpenAIError as error:
+            return error.response()
+        return JSONResponse(_embeddings_response(encoded, served, encoding))
+
+    async def _model(self) -> ServedModel:
+        """The model the encoder serves, asked once (only the executor knows it)."""
+        if self._served is None:
+            response = await self._send(DocumentArray([Document()]), '/model_info', {})
+            tags = response.docs[0].tags
+            self._served = ServedModel(tags['model'], int(tags['dim']))
+        return self._served
+
+    async def _encode(self, docs: DocumentArray) -> DocumentArray:
+        return (await self._send(docs, '/', ENCODE_PARAMETERS)).docs
+
+    async def _send(self, docs: DocumentArray, endpoint: str, parameters: dict):
+        """One request through the gateway's streamer; an error response becomes an OpenAIError."""
+        async for response in self._streamer.stream_docs(
+            docs, request_size=max(1, len(docs)), exec_endpoint=endpoint, parameters=parameters, return_results=True
+        ):
+            status = response.header.status
+            if status.code == status.ERROR:
+                message = status.exception.args[0] if status.exception.args else status.description
+                raise OpenAIError(ERROR_STATUS.get(status.exception.name, 500), message, 'input')
+            return response
+        raise OpenAIError(500, 'the executors sent no response')
+
+    def _documents(self, items: list) -> DocumentArray:
+        """One document per item, id `input[i]` so that errors name the item."""
+        docs = DocumentArray()
+        for index, item in enumerate(items):
+            doc_id = f'input[{index}]'
+            try:
+                docs.append(self._document(doc_id, item))
+            except InvalidInputError as exc:
+                raise OpenAIError(400, f'{doc_id}: {exc}', 'input') from exc
+        return docs
+
+    def _document(self, doc_id: str, item) -> Document:
+        if isinstance(item, str):
+            is_image = item.startswith(('data:image/', 'http://', 'https://'))
+            return self._image(doc_id, item) if is_image else _text(doc_id, item)
+        if isinstance(item, dict) and set(item) == {'text'} and isinstance(item['text'], str):
+            return _text(doc_id, item['text'])
+        if isinstance(item, dict) and set(item) == {'image'} and isinstance(item['image'], str):
+            return self._image(doc_id, item['image'])
+        if isinstance(item, list):
+            raise InvalidInputError(
+                'is a list of token ids; this server tokenizes for itself: send the text '
+                "(LangChain's OpenAIEmbeddings: check_embedding_ctx_length=False)"
+            )
+        raise InvalidInputError('must be a string, {"text": "..."} or {"image": "<data URI or base64>"}')
+
+    def _image(self, doc_id: str, image: str) -> Document:
+        if image.startswith('data:image/'):
+            return Document(id=doc_id, uri=image)
+        if image.startswith('data:'):
+            raise InvalidInputError(f'an image data URI must start with data:image/, not {image[:30]!r}')
+        if image.startswith(('http://', 'https://')):
+            return Document(id=doc_id, blob=self._fetching.fetch(image))
+        try:
+            return Document(id=doc_id, blob=base64.b64decode(image, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInputError('image is neither a data URI, a URL nor valid base64') from exc
+
+
+def _text(doc_id: str, text: str) -> Document:
+    if not text:
+        raise InvalidInputError('is an empty string; send some text')
+    return Document(id=doc_id, text=text)
+
+
+def _json_object(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise OpenAIError(400, f'the request body is not valid JSON: {exc}') from exc
+    if not isinstance(body, dict):
+        raise OpenAIError(400, 'the request body must be a JSON object')
+    return body
+
+
+def _check_model(body: dict, served: ServedModel) -> None:
+    requested = body.get('model')
+    if not isinstance(requested, str) or not requested:
+        raise OpenAIError(400, f'model is required: this server serves {served.name}', 'model')
+    if not same_model(requested, served.name):
+        raise OpenAIError(
+            404,
+            f'the model {requested!r} does not exist here: this server serves {served.name}',
+            'model',
+            'model_not_found',
+        )
+    dimensions = body.get('dimensions')
+    if dimensions is not None and dimensions != served.dim:
+        raise OpenAIError(
+            400,
+            f'dimensions must be {served.dim} for {served.name}: CLIP embeddings cannot be shortened '
+            '(the model was not trained for it); leave dimensions out',
+            'dimensions',
+        )
+
+
+def _encoding_format(body: dict) -> str:
+    encoding = body.get('encoding_format') or 'float'
+    if encoding not in ENCODING_FORMATS:
+        raise OpenAIError(400, f'encoding_format must be float or base64, got {encoding!r}', 'encoding_format')
+    return encoding
+
+
+def _items(body: dict, max_items: int) -> list:
+    items = body.get('input')
+    if isinstance(items, str):
+        items = [items]
+    if not isinstance(items, list) or not items:
+        raise OpenAIError(400, 'input must be a string or a non-empty list', 'input')
+    if len(items) > max_items:
+        raise OpenAIError(
+            413, f'input has {len(items):,} items, over max_docs_per_request ({max_items:,})', 'input', 'too_many_items'
+        )
+    return items
+
+
+def _embeddings_response(docs: DocumentArray, served: ServedModel, encoding: str) -> dict:
+    data = []
+    for index, doc in enumerate(docs):
+        vector = np.asarray(doc.embedding, dtype='<f4')
+        embedding = base64.b64encode(vector.tobytes()).decode() if encoding == 'base64' else vector.tolist()
+        data.append({'object': 'embedding', 'index': index, 'embedding': embedding})
+    tokens = sum(int(doc.tags.get(TOKENS_TAG, 0)) for doc in docs)  # images count no tokens
+    return {
+        'object': 'list',
+        'data': data,
+        'model': served.name,
+        'usage': {'prompt_tokens': tokens, 'total_tokens': tokens},
+    }

@@ -166,7 +166,8 @@ class Edge:
     # --- readiness and drain ---
 
     async def watch_readiness(self, servicers: list, interval: float = 1.0) -> None:
-        """Keep `ready` and the gRPC health service's overall status up to date until cancelled."""
+        """Keep `ready` and the gRPC health service's overall status up to date until cancelled
+        (checked every `interval` seconds once ready, four times as often until then)."""
         while not self.draining:
             ready, reason = await self._executors_answer()
             if (ready, reason) != (self.ready, self.reason):
@@ -175,7 +176,7 @@ class Edge:
                 self.ready, self.reason = ready, reason
                 for servicer in servicers:
                     await servicer.set('', SERVING if ready else NOT_SERVING)
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval if self.ready else interval / 4)
 
     async def _executors_answer(self) -> tuple[bool, str]:
         """Whether one replica of each executor reports SERVING (jina serves one only once it loaded)."""

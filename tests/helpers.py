@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import torch
 from PIL import Image
 
@@ -195,6 +196,17 @@ class Server:
         interrupt(self.process, timeout)
         self._log_file.close()
         return self.process.returncode
+
+
+def http_ready(port: int, seen: list[int] | None = None) -> bool:
+    """Whether the gateway's readiness probe on HTTP `port` says ready; each answer goes to `seen`."""
+    try:
+        status = requests.get(f'http://127.0.0.1:{port}/health/ready', timeout=2).status_code
+    except requests.ConnectionError:
+        return False
+    if seen is not None:
+        seen.append(status)
+    return status == 200
 
 
 def start_server(

@@ -16,7 +16,7 @@ from clip_client import Client
 from docarray import Document, DocumentArray
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from helpers import flow_yaml, free_port, start_server
+from helpers import flow_yaml, free_port, http_ready, start_server
 
 PROTOCOLS = ['grpc', 'http', 'websocket']
 LIMITS = {'max_request_bytes': 2**20, 'max_docs_per_request': 16, 'max_pending_per_replica': 2, 'drain_seconds': 20}
@@ -38,17 +38,6 @@ gateway:
   uses_with: {LIMITS}
 """
     return yaml_text
-
-
-def http_ready(port: int, seen: list[int] | None = None) -> bool:
-    """Whether the readiness probe on `port` says ready; each answer goes to `seen`."""
-    try:
-        status = requests.get(f'http://127.0.0.1:{port}/health/ready', timeout=2).status_code
-    except requests.ConnectionError:
-        return False
-    if seen is not None:
-        seen.append(status)
-    return status == 200
 
 
 @pytest.fixture(scope='module')

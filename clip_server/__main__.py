@@ -116,9 +116,15 @@ def _is_flow(root: yaml.Node | None) -> bool:
     return root.tag == '!Flow' or any(key.value == 'jtype' and value.value == 'Flow' for key, value in root.value)
 
 
-def _describe(error: BaseException) -> str:
+def _describe(error: BaseException, limit: int | None = None) -> str:
+    """The error's type and first line (cut to `limit` characters)."""
     lines = str(error).strip().splitlines()
-    return f'{type(error).__name__}: {lines[0]}' if lines else type(error).__name__
+    text = f'{type(error).__name__}: {lines[0]}' if lines else type(error).__name__
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + '…'
+
+
+def _debug() -> bool:
+    return os.environ.get('JINA_LOG_LEVEL', '').upper() == 'DEBUG'
 
 
 class _ChildErrors:
@@ -146,9 +152,12 @@ class _ChildErrors:
     def _record(self, *args: object, **kwargs: object) -> logging.LogRecord:
         record = self._make_record(*args, **kwargs)
         if record.exc_info and record.exc_info[1] is not None:
-            line = f'{record.name}: {_describe(record.exc_info[1])}\n'
+            error = record.exc_info[1]
             with contextlib.suppress(OSError):  # pipe full: the log still has it
-                os.write(self._write_fd, line.encode())
+                os.write(self._write_fd, f'{record.name}: {_describe(error)}\n'.encode())
+            if not _debug():  # the error's one line; its traceback and chained errors only under DEBUG
+                record.msg, record.args = f'{_describe(error, limit=120)} (JINA_LOG_LEVEL=DEBUG: traceback)', ()
+                record.exc_info = record.exc_text = None
         return record
 
     def read(self) -> list[str]:
@@ -201,8 +210,16 @@ def _show_model_logs() -> None:
     handler.setFormatter(logging.Formatter('%(levelname)-7s %(name)s: %(message)s'))
     package = logging.getLogger('clip_server')
     package.addHandler(handler)
-    package.setLevel(logging.DEBUG if os.environ.get('JINA_LOG_LEVEL', '').upper() == 'DEBUG' else logging.INFO)
+    package.setLevel(logging.DEBUG if _debug() else logging.INFO)
     package.propagate = False
+    # huggingface_hub gives its logger a handler of its own when its logging module is first
+    # imported, and its records also reach the root logger, which another library configures: each
+    # download retry was printed twice. Imported here, before the Flow's processes fork, its lines
+    # go through this handler, once.
+    import huggingface_hub.utils.logging  # noqa: F401
+
+    hub = logging.getLogger('huggingface_hub')
+    hub.handlers, hub.propagate = [handler], False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,9 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _serve(_load_flow(args.flow_yaml, args.from_stdin))
     except _Fail as e:
-        if os.environ.get('JINA_LOG_LEVEL', '').upper() == 'DEBUG':
+        if _debug():
             traceback.print_exc()
         print(f'clip_server: error: {e}', file=sys.stderr)
+        if not _debug():
+            print('clip_server: JINA_LOG_LEVEL=DEBUG shows the tracebacks', file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # stopped before the Flow was ready
         pass

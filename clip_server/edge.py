@@ -171,7 +171,9 @@ class Edge:
         while not self.draining:
             ready, reason = await self._executors_answer()
             if (ready, reason) != (self.ready, self.reason):
-                self.logger.info('ready: every executor answers' if ready else f'not ready: {reason}')
+                # while starting, an executor that does not answer yet is expected: not worth a line
+                log = self.logger.debug if not (ready or self.ready) else self.logger.info
+                log('ready: every executor answers' if ready else f'not ready: {reason}')
             if not self.draining:
                 self.ready, self.reason = ready, reason
                 for servicer in servicers:

@@ -8,8 +8,6 @@ request, and turns the tags into that request's own error. Add it after a batche
 `py_modules: [clip_server.executors.input_errors]`, `jtype: InputErrors`.
 """
 
-from __future__ import annotations
-
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +23,8 @@ class InputErrors(Executor):
     """Raises for a request with tagged documents; passes every other request on untouched."""
 
     @requests
-    def check(self, docs: DocumentArray, **kwargs: Any) -> None:
+    def check(self, docs: DocumentArray, **kwargs: Any):  # no return annotation: jina reads it as a schema
+
         messages = [doc.tags[ERROR_TAG] for doc in _every_document(docs) if ERROR_TAG in doc.tags]
         if messages:
             raise InvalidInputError(summary(messages))

@@ -50,14 +50,24 @@ _SHA256_PREFIX_IN_NAME = re.compile(r'-([0-9a-f]{8,64})\.[^./-]+$')
 SHA256_NAME = re.compile(r'[0-9a-f]{64}')
 
 
-def _unavailable(source: str, looked_in: Path, reason: str) -> WeightsUnavailableError:
-    return WeightsUnavailableError(
-        f'Cannot get {source}: {reason}. '
+def _unavailable(source: str, looked_in: Path, reason: str, tried: tuple = ()) -> WeightsUnavailableError:
+    """One message for every source tried (`tried`: the (source, reason) pairs of earlier failures),
+    saying where the cache was looked in and what to do."""
+    failures = [*tried, (source, reason)]
+    reasons = {why for _, why in failures}
+    if len(reasons) == 1:
+        what = f'{" nor ".join(where for where, _ in failures)}: {reason}'
+    else:
+        what = ' nor '.join(f'{where} ({why})' for where, why in failures)
+    error = WeightsUnavailableError(
+        f'Cannot get {what}. '
         f'No valid copy was found in the cache at {looked_in}. '
         'Restore network access (and unset HF_HUB_OFFLINE) to download it, copy a filled cache '
         "folder from another machine, or set the executor's `model_path` (under `uses: with:` "
         'in the Flow YAML) to a local copy.'
     )
+    error.failures = failures
+    return error
 
 
 def cache_dir() -> Path:
@@ -146,8 +156,9 @@ def fetch_open_clip_weights(
         logger.warning('The hub copy of %s/%s is unavailable; falling back to %s', arch, tag, url)
         try:
             return fetch_url(url, cache_root=cache_root, retries=retries)
-        except WeightsUnavailableError as url_error:  # say both sources failed, hub first
-            raise WeightsUnavailableError(f'{hub_error} Its other source failed too: {url_error}') from url_error
+        except WeightsUnavailableError as url_error:  # one message naming both sources, hub first
+            (url_source, url_reason), looked_in = url_error.failures[-1], _root(cache_root)
+            raise _unavailable(url_source, looked_in, url_reason, tried=tuple(hub_error.failures)) from url_error
 
 
 # ----------------------------------------------------------------------------- hub files

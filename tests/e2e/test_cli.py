@@ -41,21 +41,21 @@ executors:
 """
 
 
-def cli(*args: str, stdin=None, log_dir: Path) -> subprocess.Popen:
+def cli(*args: str, stdin=None, log_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     with open(log_dir / 'stdout.log', 'wb') as out, open(log_dir / 'stderr.log', 'wb') as err:
         return subprocess.Popen(
             [sys.executable, '-m', 'clip_server', *args],
             cwd=log_dir,
-            env=ENV,
+            env={**ENV, **(env or {})},
             stdin=stdin,
             stdout=out,
             stderr=err,
         )
 
 
-def run_cli(*args: str, log_dir: Path, timeout: float = 60) -> tuple[int, str]:
+def run_cli(*args: str, log_dir: Path, timeout: float = 60, env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run to completion; return the exit status and stderr."""
-    process = cli(*args, log_dir=log_dir)
+    process = cli(*args, log_dir=log_dir, env=env)
     try:
         process.wait(timeout)
     finally:
@@ -248,3 +248,24 @@ def test_yaml_from_stdin_and_a_file_together_is_a_usage_error(tmp_path):
     status, stderr = run_cli('-i', 'my.yml', log_dir=tmp_path)
     assert status == 2
     assert 'not both' in stderr and 'usage: clip_server' in stderr
+
+
+@pytest.mark.parametrize('debug', [False, True], ids=['quiet', 'debug'])
+def test_an_offline_first_start_fails_in_a_handful_of_lines(tmp_path, debug):
+    """The bundled Flow, offline, with an empty cache: the clear error and a hint, no traceback
+    unless JINA_LOG_LEVEL=DEBUG asks for it."""
+    path = tmp_path / 'torch-flow.yml'
+    path.write_text(bundled_flow('torch-flow.yml').read_text().replace('51000', str(free_port())))
+    env = {'HF_HUB_OFFLINE': '1', 'CLIP_SERVER_CACHE': str(tmp_path / 'empty-cache')}
+    if debug:
+        env['JINA_LOG_LEVEL'] = 'DEBUG'
+    status, stderr = run_cli(str(path), log_dir=tmp_path, env=env, timeout=120)
+    output = (tmp_path / 'stdout.log').read_text() + stderr
+    assert status == 1
+    assert 'clip_server: error: the Flow failed to start: clip_t/rep-0: WeightsUnavailableError: Cannot get' in stderr
+    if debug:
+        assert 'Traceback' in output
+    else:
+        assert 'Traceback' not in output and 'JINA_LOG_LEVEL=DEBUG shows the tracebacks' in stderr
+        assert len(output.splitlines()) <= 20, output
+    assert_no_process_left(path)

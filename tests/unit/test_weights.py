@@ -410,7 +410,8 @@ def test_when_hub_and_url_both_fail_the_error_names_both(tmp_path, offline):
         fetch_open_clip_weights('ViT-B-32', 'openai', cache_root=tmp_path)
     message = str(info.value)
     assert 'timm/vit_base_patch32_clip_224.openai/open_clip_model.safetensors' in message
-    assert 'Its other source failed too' in message and 'ViT-B-32.pt' in message
+    assert ' nor https://' in message and 'ViT-B-32.pt' in message
+    assert message.count('offline mode is on') == 1 and message.count('Restore network access') == 1
 
 
 def test_unknown_open_clip_tag_lists_the_known_ones(tmp_path):

@@ -118,6 +118,26 @@ CPU_ONLY_DTYPES = {(Runtime.ONNX, DType.INT8)}
 
 
 @dataclass(frozen=True)
+class Scoring:
+    """How `/rank` turns a model's text-image cosine into `clip_score`.
+
+    CLIP-trained models (`bias` None): softmax over the candidates of `scale` x cosine, with
+    CLIP's 100. Sigmoid-trained models (SigLIP, SigLIP2): each candidate on its own,
+    sigmoid(`scale` x cosine + `bias`), with the model's own learned scale and bias.
+    """
+
+    scale: float = 100.0
+    bias: float | None = None
+
+    @property
+    def is_sigmoid(self) -> bool:
+        return self.bias is not None
+
+
+CLIP_SCORING = Scoring()
+
+
+@dataclass(frozen=True)
 class Device:
     """Where a model runs: `cpu`, or `cuda` with an optional GPU index."""
 

@@ -149,3 +149,18 @@ def publish(cache_root: Path, repo_id: str, folder: Path, absent: tuple[str, ...
         marker = repo / '.no_exist' / COMMIT / name
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
+
+
+SIGLIP_TOKENIZER = 'tiny/siglip-tokenizer'  # what tiny_models' tiny-siglip config names
+
+
+def publish_siglip_tokenizer(cache_root: Path) -> Path:
+    """The tiny SigLIP's tokenizer, published into a Hub cache under `cache_root`; returns its folder."""
+    from clip_server.model.families.hf_tokenizer import TOKENIZER_EXTRAS
+
+    folder = cache_root.parent / 'siglip-tokenizer'
+    folder.mkdir(parents=True, exist_ok=True)
+    save_tokenizer('xlm-roberta', folder)  # unigram with <s> </s>, as sentencepiece tokenizers are
+    absent = tuple(name for name in TOKENIZER_EXTRAS if not (folder / name).exists())
+    publish(cache_root, SIGLIP_TOKENIZER, folder, absent=absent)
+    return folder

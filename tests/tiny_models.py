@@ -31,6 +31,24 @@ CONFIGS = {
         'vision_cfg': {'image_size': 224, 'layers': 1, 'width': 64, 'head_width': 32, 'patch_size': 32},
         'text_cfg': {**_TEXT, 'no_causal_mask': True, 'pool_type': 'last'},
     },
+    # SigLIP's shape: a Hub tokenizer (trained on the fly, tests/tiny_hf.py) at a context of its own,
+    # the bidirectional tower pooled last, and a sigmoid loss's logit bias
+    'tiny-siglip': {
+        'embed_dim': 32,
+        'init_logit_bias': -10,
+        'custom_text': True,
+        'vision_cfg': {'image_size': 224, 'layers': 1, 'width': 64, 'head_width': 32, 'patch_size': 32},
+        'text_cfg': {
+            **_TEXT,
+            'context_length': 16,
+            'vocab_size': 300,
+            'hf_tokenizer_name': 'tiny/siglip-tokenizer',
+            'tokenizer_kwargs': {'clean': 'canonicalize'},
+            'no_causal_mask': True,
+            'pool_type': 'last',
+            'proj_bias': True,
+        },
+    },
 }
 
 

@@ -153,7 +153,7 @@ class CLIPEncoderBase(Executor):
         unread = {id(doc) for doc, _ in failed}
         for query in queries:
             if id(query) not in unread and not any(id(match) in unread for match in query.matches):
-                rank_matches(query)
+                rank_matches(query, self.model.scoring)
         if parameters.get('drop_image_content', False):
             drop_image_content(everything)
         self._report(failed)

@@ -6,7 +6,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from clip_server.types import Device, DType
+from clip_server.types import Device, DType, Scoring
 
 
 @runtime_checkable
@@ -18,6 +18,8 @@ class Encoder(Protocol):
     device: Device
     # Where it runs, for the start-up log: "cpu", "TensorRT on cuda:0", onnxruntime's providers...
     description: str
+    # How /rank scores this model's matches.
+    scoring: Scoring
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         """int64 [N, context] right-padded token rows, as the model's preprocessor makes them."""

@@ -150,15 +150,23 @@ def _onnx(spec: ModelSpec, builder: FamilyBuilder, options: EncoderOptions, give
 
 
 def _tensorrt(spec: ModelSpec, builder: FamilyBuilder, options: EncoderOptions, _: Preprocessor | None) -> Encoder:
-    from clip_server.model.runtimes.onnx_graphs import cuts_at_end_of_text
+    from clip_server.model.runtimes.onnx_graphs import cuts_at_end_of_text, graph_properties
+    from clip_server.model.runtimes.onnx_runtime import scoring_from
     from clip_server.model.runtimes.tensorrt_runtime import TensorRTEncoder, cached_engines
 
     device = usable_device(options.device or 'cuda')
     dtype = parse_dtype(options.dtype, Runtime.TENSORRT, device)
     onnx_folder = onnx_model_dir(spec, options.model_path, dtype=DType.FP32)
     engines = cached_engines(spec.name, onnx_folder, device=device, dtype=dtype, max_batch=options.max_batch)
-    cut = cuts_at_end_of_text(onnx_folder)
-    return TensorRTEncoder(engines, dim=spec.dim, device=device, dtype=dtype, cut_at_end_of_text=cut)
+    properties = graph_properties(onnx_folder)
+    return TensorRTEncoder(
+        engines,
+        dim=spec.dim,
+        device=device,
+        dtype=dtype,
+        cut_at_end_of_text=cuts_at_end_of_text(properties),
+        scoring=scoring_from(properties),
+    )
 
 
 _RUNTIMES: dict[Runtime, Callable[..., Encoder]] = {

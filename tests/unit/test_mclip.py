@@ -17,7 +17,7 @@ import tiny_hf
 import tiny_models
 from clip_server.model.factory import builder_for, export_onnx, onnx_model_dir
 from clip_server.model.factory import preprocessor as factory_preprocessor
-from clip_server.model.families.hf_text import TOKENIZER_EXTRAS
+from clip_server.model.families.hf_tokenizer import TOKENIZER_EXTRAS
 from clip_server.model.families.mclip import create_mclip_text_tower, locate_mclip
 from clip_server.model.parity import compare
 from clip_server.model.preprocess import Preprocessor

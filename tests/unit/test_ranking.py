@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from docarray import Document
 
-from clip_server.executors.ranking import cosine_similarity, rank_matches, softmax
+from clip_server.executors.ranking import cosine_similarity, rank_matches, sigmoid, softmax
+from clip_server.types import Scoring
 
 
 def test_cosine_and_softmax():
@@ -51,3 +52,18 @@ def test_order_follows_cosine_even_where_probabilities_underflow():
     ]
     rank_matches(query)
     assert [m.id for m in query.matches] == sorted(angles, key=angles.get)
+
+
+def test_a_sigmoid_trained_model_scores_each_match_on_its_own():
+    """SigLIP's scoring: sigmoid(scale x cosine + bias) per match, not a softmax over the matches."""
+    rng = np.random.default_rng(3)
+    query = Document(embedding=rng.standard_normal(8))
+    query.matches = [Document(id=str(i), embedding=rng.standard_normal(8)) for i in range(3)]
+    cosine = {m.id: float(cosine_similarity(query.embedding, m.embedding[None])[0]) for m in query.matches}
+    scoring = Scoring(scale=10.0, bias=-2.0)
+    rank_matches(query, scoring)
+    for match in query.matches:
+        assert match.scores['clip_score'].op_name == 'sigmoid'
+        assert match.scores['clip_score'].value == pytest.approx(float(sigmoid(10.0 * cosine[match.id] - 2.0)))
+    assert sum(m.scores['clip_score'].value for m in query.matches) != pytest.approx(1.0)  # not a softmax
+    assert [m.id for m in query.matches] == sorted(cosine, key=cosine.get, reverse=True)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from clip_server.model.registry import ModelSpec
-from clip_server.types import DType, Family
+from clip_server.types import CLIP_SCORING, DType, Family, Scoring
 
 # CLIP's text context; longer texts are cut, keeping the end-of-text token last.
 CONTEXT_LENGTH = 77
@@ -41,6 +41,8 @@ class Towers:
     pad_token_id: int | None = None
     # A causal text tower pooled at the end-of-text token takes rows cut after it (exact).
     cut_at_end_of_text: bool = False
+    # How /rank scores matches: CLIP's softmax, or a sigmoid-trained model's own scale and bias.
+    scoring: Scoring = CLIP_SCORING
 
 
 class FamilyBuilder(ABC):

@@ -23,45 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from huggingface_hub import try_to_load_from_cache
 
 from clip_server.model.families.base import CONTEXT_LENGTH, Tokenizer
+from clip_server.model.families.hf_tokenizer import CONFIG_FILE, open_clip_hf_tokenizer
 from clip_server.model.families.openclip import OpenCLIPBuilder, create_open_clip_model
 from clip_server.model.registry import ModelSpec
-from clip_server.model.weights import cache_dir, fetch_hf_file
-from clip_server.types import ConfigurationError, DType, Family, WeightsUnavailableError, require
-
-TOKENIZER_FILE = 'tokenizer.json'
-CONFIG_FILE = 'config.json'
-# Besides tokenizer.json (the whole fast tokenizer), what AutoTokenizer reads when a repo has it:
-# the special tokens' names and the tokenizer class, or else the model type in config.json.
-TOKENIZER_EXTRAS = ('tokenizer_config.json', 'special_tokens_map.json', CONFIG_FILE)
-
-
-def optional_hf_file(repo_id: str, filename: str) -> Path | None:
-    """`fetch_hf_file`, or None when the Hub says the repo has no such file.
-
-    The Hub's answer is remembered in the cache (a `.no_exist` marker), so this works
-    offline too; a file merely not cached yet still fails, as it must.
-    """
-    try:
-        return fetch_hf_file(repo_id, filename)
-    except WeightsUnavailableError:
-        cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir())
-        if cached is not None and not isinstance(cached, str):  # huggingface_hub's "known absent" marker
-            return None
-        raise
-
-
-def tokenizer_folder(repo_id: str, local: str | os.PathLike | None = None) -> Path:
-    """A folder AutoTokenizer can load offline: `local` if it holds tokenizer.json, else the
-    repo's cached snapshot, with the tokenizer files fetched into it first."""
-    if local is not None and (Path(local) / TOKENIZER_FILE).is_file():
-        return Path(local)
-    folder = fetch_hf_file(repo_id, TOKENIZER_FILE).parent
-    for filename in TOKENIZER_EXTRAS:
-        optional_hf_file(repo_id, filename)  # cached beside tokenizer.json: one snapshot per revision
-    return folder
+from clip_server.model.weights import fetch_hf_file
+from clip_server.types import ConfigurationError, DType, Family, require
 
 
 def hf_config_folder(repo_id: str) -> Path:
@@ -119,15 +87,7 @@ class HFTextBuilder(OpenCLIPBuilder):
     def tokenizer(self, spec: ModelSpec, folder: str | os.PathLike | None) -> Tokenizer:
         import open_clip
 
-        require('transformers', 'transformers')
-        text_cfg = open_clip.get_model_config(spec.arch)['text_cfg']
-        # open_clip's own wrapper (its text cleaning and options), loading from our cache, not by Hub name
-        return open_clip.tokenizer.HFTokenizer(
-            str(tokenizer_folder(text_cfg['hf_tokenizer_name'], folder)),
-            context_length=CONTEXT_LENGTH,
-            tokenizer_mode=text_cfg.get('tokenizer_mode'),
-            **text_cfg.get('tokenizer_kwargs', {}),
-        )
+        return open_clip_hf_tokenizer(open_clip.get_model_config(spec.arch)['text_cfg'], folder, CONTEXT_LENGTH)
 
     def create_model(
         self, spec: ModelSpec, weights: str | os.PathLike | None, *, device: str = 'cpu', dtype: DType = DType.FP32

@@ -30,13 +30,8 @@ import torch
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
 from clip_server.model.families.base import FamilyBuilder, Tokenizer, Towers
-from clip_server.model.families.hf_text import (
-    CONFIG_FILE,
-    HFTokenizer,
-    hf_config_folder,
-    read_json,
-    tokenizer_folder,
-)
+from clip_server.model.families.hf_text import HFTokenizer, hf_config_folder, read_json
+from clip_server.model.families.hf_tokenizer import CONFIG_FILE, tokenizer_folder
 from clip_server.model.families.openclip import create_open_clip_model
 from clip_server.model.registry import ModelSpec
 from clip_server.model.torch_utils import TORCH_DTYPES, rebuilt_buffers

@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 
 from clip_server.model.families.base import CONTEXT_LENGTH, FamilyBuilder, Tokenizer, Towers
+from clip_server.model.families.hf_tokenizer import open_clip_hf_tokenizer
 from clip_server.model.quiet import without_log
 from clip_server.model.registry import ModelSpec
 from clip_server.model.torch_utils import rebuilt_buffers
 from clip_server.model.weights import locate_weights
-from clip_server.types import DType, Family
+from clip_server.types import CLIP_SCORING, DType, Family, Scoring
 
 
 def quick_gelu_for(spec: ModelSpec) -> bool:
@@ -161,9 +162,15 @@ class OpenCLIPBuilder(FamilyBuilder):
         return locate_weights(spec, model_path)
 
     def tokenizer(self, spec: ModelSpec, folder: str | os.PathLike | None) -> Tokenizer:
+        """The model's own tokenizer at its own context length: CLIP's BPE at 77 tokens, or the Hub
+        tokenizer its config names (SigLIP's and SigLIP2's, 64 tokens), from this server's cache."""
         import open_clip
 
-        return open_clip.get_tokenizer(spec.arch, context_length=CONTEXT_LENGTH)
+        text_cfg = open_clip.get_model_config(spec.arch)['text_cfg']
+        context_length = text_cfg.get('context_length', CONTEXT_LENGTH)
+        if text_cfg.get('hf_tokenizer_name'):
+            return open_clip_hf_tokenizer(text_cfg, folder, context_length)
+        return open_clip.get_tokenizer(spec.arch, context_length=context_length)
 
     def create_model(
         self, spec: ModelSpec, weights: str | os.PathLike | None, *, device: str = 'cpu', dtype: DType = DType.FP32
@@ -183,5 +190,14 @@ class OpenCLIPBuilder(FamilyBuilder):
         model = self.create_model(spec, source, device=device, dtype=dtype)
         causal = causal_text_parts(model)
         if causal is None:
-            return Towers(OpenCLIPText(model), model.visual)
-        return Towers(EndOfTextText(causal), model.visual, cut_at_end_of_text=True)
+            return Towers(OpenCLIPText(model), model.visual, scoring=scoring_of(model))
+        return Towers(EndOfTextText(causal), model.visual, cut_at_end_of_text=True, scoring=scoring_of(model))
+
+
+def scoring_of(model: torch.nn.Module) -> Scoring:
+    """A sigmoid-trained model (one with a learned `logit_bias`) scores with its own scale and bias;
+    CLIP-trained models keep CLIP's softmax over 100 x cosine."""
+    bias = getattr(model, 'logit_bias', None)
+    if bias is None:
+        return CLIP_SCORING
+    return Scoring(scale=float(model.logit_scale.exp()), bias=float(bias))

@@ -28,13 +28,15 @@ from clip_server.model.runtimes.onnx_runtime import (
     CUT_AT_END_OF_TEXT,
     IMAGE_FILE,
     IMAGE_INPUT,
+    LOGIT_BIAS,
+    LOGIT_SCALE,
     PAD_TOKEN_ID,
     TEXT_FILE,
     TEXT_INPUTS,
 )
 from clip_server.model.tokens import text_inputs
 from clip_server.model.weights import SHA256_NAME
-from clip_server.types import DType, require
+from clip_server.types import DType, Scoring, require
 
 onnx = require('onnx', 'onnx')
 
@@ -42,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 OPSET = 17
 # Bump when the graphs written here change, so cached exports are made again.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # Protobuf cannot hold more than 2 GiB; towers above this (ViT-H/g) keep their weights in a `.data` file.
 EXTERNAL_DATA_ABOVE_BYTES = 3 << 29  # 1.5 GiB: room for the graph itself
 
@@ -102,7 +104,7 @@ def export_towers(
         folder / TEXT_FILE,
         external_data,
         name,
-        metadata,
+        {**metadata, **_scoring_metadata(towers.scoring)},
     )
     pixels = torch.zeros(2, 3, image_size, image_size, device=device)
     image = _ImageTower(_half(towers.image, dtype)).eval()
@@ -218,11 +220,20 @@ def _declare_unused_inputs(graph, inputs: tuple[str, ...]) -> None:
             value.type.tensor_type.CopyFrom(first)
 
 
-def cuts_at_end_of_text(folder: str | os.PathLike) -> bool:
-    """Whether the folder's text graph says it takes rows cut after their end-of-text token
-    (this server's exports of causal towers); a graph made elsewhere gets full rows."""
+def graph_properties(folder: str | os.PathLike) -> dict[str, str]:
+    """The metadata of the folder's text graph: its row rule and its model's scoring."""
     graph = onnx.load(str(Path(folder) / TEXT_FILE), load_external_data=False)
-    return any(prop.key == CUT_AT_END_OF_TEXT and prop.value == 'true' for prop in graph.metadata_props)
+    return {prop.key: prop.value for prop in graph.metadata_props}
+
+
+def cuts_at_end_of_text(properties: dict[str, str]) -> bool:
+    """Whether a text graph takes rows cut after their end-of-text token (this server's exports of
+    causal towers say so); a graph made elsewhere gets full rows."""
+    return properties.get(CUT_AT_END_OF_TEXT) == 'true'
+
+
+def _scoring_metadata(scoring: Scoring) -> dict[str, str]:
+    return {LOGIT_SCALE: repr(scoring.scale), LOGIT_BIAS: repr(scoring.bias)} if scoring.is_sigmoid else {}
 
 
 def quantize_graphs(folder: str | os.PathLike) -> Path:

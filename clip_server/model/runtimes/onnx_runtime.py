@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from clip_server.model.tokens import rows_rule, text_inputs
+from clip_server.types import CLIP_SCORING, Device, DType, ModelFolderError, Scoring, parse_device, require
 from clip_server.types import CPU as CPU_DEVICE
-from clip_server.types import Device, DType, ModelFolderError, parse_device, require
 
 ort = require('onnxruntime', 'onnx')
 
@@ -36,6 +36,8 @@ TEXT_INPUTS = ('input_ids', 'attention_mask')
 IMAGE_INPUT = 'pixel_values'
 PAD_TOKEN_ID = 'pad_token_id'  # metadata key of text graphs that mask by a pad id
 CUT_AT_END_OF_TEXT = 'cut_at_end_of_text'  # metadata key of causal text graphs that take short rows
+# metadata keys of a sigmoid-trained model's scoring (`Scoring`), on its text graph
+LOGIT_SCALE, LOGIT_BIAS = 'logit_scale', 'logit_bias'
 CUDA = 'CUDAExecutionProvider'
 CPU = 'CPUExecutionProvider'
 
@@ -161,6 +163,7 @@ class ONNXEncoder:
         pad = metadata.get(PAD_TOKEN_ID)
         self._pad_token_id = pad_token_id if pad_token_id is not None else int(pad) if pad is not None else None
         self._cut_at_end_of_text = metadata.get(CUT_AT_END_OF_TEXT) == 'true'
+        self.scoring = scoring_from(metadata)
         rows = rows_rule(self._pad_token_id, self._cut_at_end_of_text)
         self.description = f'{", ".join(self.providers)} ({dtype}, {rows})'
         spatial = self._image.shapes[IMAGE_INPUT][2:]
@@ -176,3 +179,10 @@ class ONNXEncoder:
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         return self._image.run({IMAGE_INPUT: pixels})
+
+
+def scoring_from(properties: dict[str, str]) -> Scoring:
+    """The scoring a text graph's metadata names; CLIP's where it names none (graphs made elsewhere)."""
+    if LOGIT_BIAS not in properties:
+        return CLIP_SCORING
+    return Scoring(scale=float(properties[LOGIT_SCALE]), bias=float(properties[LOGIT_BIAS]))

@@ -22,7 +22,7 @@ from clip_server.model.families.base import CONTEXT_LENGTH
 from clip_server.model.runtimes.onnx_runtime import IMAGE_FILE, IMAGE_INPUT, TEXT_FILE, TEXT_INPUTS
 from clip_server.model.tokens import rows_rule, text_inputs
 from clip_server.model.weights import cache_dir
-from clip_server.types import Device, DType, RuntimeUnavailableError
+from clip_server.types import CLIP_SCORING, Device, DType, RuntimeUnavailableError, Scoring
 
 logger = logging.getLogger(__name__)
 
@@ -208,12 +208,21 @@ class TensorRTEncoder:
     """A textual and a visual engine behind the `Encoder` interface."""
 
     def __init__(
-        self, engine_folder: Path, *, dim: int, device: Device, dtype: DType, cut_at_end_of_text: bool = False
+        self,
+        engine_folder: Path,
+        *,
+        dim: int,
+        device: Device,
+        dtype: DType,
+        cut_at_end_of_text: bool = False,
+        scoring: Scoring = CLIP_SCORING,
     ):
         """`cut_at_end_of_text`: the ONNX export says its text tower takes rows cut after their
-        end-of-text token (`onnx_graphs.cuts_at_end_of_text`); other engines get full rows."""
+        end-of-text token (`onnx_graphs.cuts_at_end_of_text`); other engines get full rows.
+        `scoring`: what the export says of the model's /rank scoring."""
         self.dim, self.device, self.dtype = dim, device, dtype
         self.cut_at_end_of_text = cut_at_end_of_text
+        self.scoring = scoring
         self._textual = _Engine(engine_folder / ENGINE_FILES[TEXT_FILE], torch.device(str(device)))
         self.description = f'TensorRT on {device} ({dtype}, {rows_rule(None, cut_at_end_of_text)})'
         self._visual = _Engine(engine_folder / ENGINE_FILES[IMAGE_FILE], torch.device(str(device)))

@@ -33,6 +33,7 @@ class TorchEncoder:
         self._dtype = TORCH_DTYPES[dtype]
         self._pad_token_id = towers.pad_token_id
         self._cut_at_end_of_text = towers.cut_at_end_of_text
+        self.scoring = towers.scoring
         self._text = torch.jit.script(towers.text) if jit else towers.text
         self._image = torch.jit.script(towers.image) if jit else towers.image
 

@@ -31,6 +31,19 @@ CONFIGS = {
         'vision_cfg': {'image_size': 224, 'layers': 1, 'width': 64, 'head_width': 32, 'patch_size': 32},
         'text_cfg': {**_TEXT, 'no_causal_mask': True, 'pool_type': 'last'},
     },
+    # MobileCLIP's shape: a timm FastViT image tower (re-parameterisable MobileOne blocks) and a
+    # bidirectional text tower
+    'tiny-mobileclip': {
+        'embed_dim': 32,
+        'vision_cfg': {
+            'timm_model_name': 'fastvit_t8',
+            'timm_model_pretrained': False,
+            'timm_pool': 'avg',
+            'timm_proj': 'linear',
+            'image_size': 64,
+        },
+        'text_cfg': {**_TEXT, 'no_causal_mask': True},
+    },
     # SigLIP's shape: a Hub tokenizer (trained on the fly, tests/tiny_hf.py) at a context of its own,
     # the bidirectional tower pooled last, and a sigmoid loss's logit bias
     'tiny-siglip': {

@@ -187,11 +187,20 @@ class OpenCLIPBuilder(FamilyBuilder):
         dtype: DType = DType.FP32,
         for_export: bool = False,
     ) -> Towers:
-        model = self.create_model(spec, source, device=device, dtype=dtype)
+        model = for_inference(self.create_model(spec, source, device=device, dtype=dtype))
         causal = causal_text_parts(model)
         if causal is None:
             return Towers(OpenCLIPText(model), model.visual, scoring=scoring_of(model))
         return Towers(EndOfTextText(causal), model.visual, cut_at_end_of_text=True, scoring=scoring_of(model))
+
+
+def for_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with its train-time branches folded for inference, where it has any: MobileCLIP's
+    MobileOne and FastViT blocks (timm's re-parameterisation; the same output, fewer and cheaper
+    layers). Other models come back as they are."""
+    from timm.models import reparameterize_model
+
+    return reparameterize_model(model, inplace=True)
 
 
 def scoring_of(model: torch.nn.Module) -> Scoring:

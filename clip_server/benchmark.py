@@ -36,9 +36,9 @@ import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
 from clip_server.model import factory
-from clip_server.model.factory import EncoderOptions
+from clip_server.model.factory import EncoderOptions, resolve
 from clip_server.model.quiet import without_log
-from clip_server.model.registry import DEFAULT_MODEL, ModelSpec, resolve
+from clip_server.model.registry import DEFAULT_MODEL, ModelSpec
 from clip_server.types import ClipServerError, Runtime, require
 
 BATCH = 32  # items per request of the single client, and per in-process batch

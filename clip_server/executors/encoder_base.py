@@ -36,7 +36,7 @@ from clip_server.model import factory
 from clip_server.model.encoder import Encoder
 from clip_server.model.factory import EncoderOptions
 from clip_server.model.preprocess import Preprocessor
-from clip_server.model.registry import DEFAULT_MODEL, ModelSpec, resolve
+from clip_server.model.registry import DEFAULT_MODEL, ModelSpec
 from clip_server.types import AUTO, ConfigurationError, InvalidInputError, Runtime, auto_dtype
 
 METRICS = {
@@ -85,7 +85,7 @@ class CLIPEncoderBase(Executor):
         if traversal_paths is not None:
             self.logger.warning('`traversal_paths` is deprecated; use `access_paths` instead')
             access_paths = traversal_paths
-        self.spec: ModelSpec = resolve(name)
+        self.spec: ModelSpec = factory.resolve(name)  # hf-hub names fetch their repo's config
         factory.check_supported(self.spec, self.runtime)  # before the tokenizer or weights are fetched
         # a model_path folder may also hold the tokenizer (M-CLIP, HF text towers)
         self.preprocessor: Preprocessor = factory.preprocessor(self.spec, model_path)

@@ -14,6 +14,7 @@ for, as ONNX Runtime and TensorRT come with optional extras.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from clip_server.model import registry
 from clip_server.model.cache_build import build_once, folder_name
 from clip_server.model.encoder import Encoder
 from clip_server.model.families.base import FamilyBuilder
@@ -32,7 +34,7 @@ from clip_server.model.families.openclip import OpenCLIPBuilder
 from clip_server.model.preprocess import Preprocessor, image_transform
 from clip_server.model.registry import ModelSpec
 from clip_server.model.torch_utils import default_device, usable_device
-from clip_server.model.weights import cache_dir
+from clip_server.model.weights import cache_dir, fetch_hf_file
 from clip_server.types import (
     ConfigurationError,
     DType,
@@ -101,10 +103,41 @@ def locate(spec: ModelSpec, model_path: str | os.PathLike | None = None) -> Any:
     return builder_for(spec).locate(spec, model_path)
 
 
+def resolve(name: str) -> ModelSpec:
+    """A model name to its spec: the registry's names, and open_clip's `hf-hub:org/repo` names,
+    whose repo's open_clip config is fetched (with the cache and offline rules of every download)
+    and registered with open_clip."""
+    if not name.startswith(registry.HUB_PREFIX):
+        return registry.resolve(name)
+    repo_id = name[len(registry.HUB_PREFIX) :]
+    model_cfg = hub_config(repo_id)['model_cfg']
+    spec = registry.hub_spec(repo_id, model_cfg)
+    _register_open_clip_config(spec.arch, model_cfg)
+    return spec
+
+
+def hub_config(repo_id: str) -> dict:
+    """The repo's open_clip config: `model_cfg`, and `preprocess_cfg` (mean, std, resizing)."""
+    return json.loads(fetch_hf_file(repo_id, registry.HUB_CONFIG_FILE).read_text(encoding='utf-8'))
+
+
+def _register_open_clip_config(arch: str, model_cfg: dict) -> None:
+    import open_clip
+
+    if open_clip.get_model_config(arch) == model_cfg:
+        return
+    folder = cache_dir() / 'open_clip_configs'
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f'{arch}.json'
+    path.write_text(json.dumps(model_cfg), encoding='utf-8')
+    open_clip.add_model_config(path)
+
+
 def preprocessor(spec: ModelSpec, model_path: str | os.PathLike | None = None) -> Preprocessor:
     """The model's tokenizer and image transform; a `model_path` folder may hold the tokenizer."""
     folder = model_path if model_path and Path(model_path).expanduser().is_dir() else None
-    return Preprocessor(builder_for(spec).tokenizer(spec, folder), image_transform(spec))
+    hub_preprocess = hub_config(spec.hub_repo).get('preprocess_cfg') if spec.hub_repo else None
+    return Preprocessor(builder_for(spec).tokenizer(spec, folder), image_transform(spec, hub_preprocess))
 
 
 def build_encoder(

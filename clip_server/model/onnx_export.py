@@ -11,8 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from clip_server.model.factory import export_onnx, locate
-from clip_server.model.registry import resolve
+from clip_server.model.factory import export_onnx, locate, resolve
 from clip_server.types import RUNTIME_DTYPES, DType, Runtime
 
 

@@ -118,7 +118,7 @@ def _finds_itself(candidates: np.ndarray, references: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     from clip_server.model import factory
-    from clip_server.model.registry import resolve
+    from clip_server.model.factory import resolve
     from clip_server.types import AUTO, DType, Runtime
 
     parser = argparse.ArgumentParser(description='A fast path of a model against its fp32 output, on a probe set.')

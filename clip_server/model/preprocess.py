@@ -14,11 +14,12 @@ from clip_server.model.families.base import Tokenizer
 from clip_server.model.registry import ModelSpec
 
 
-def image_transform(spec: ModelSpec):
-    """open_clip's eval transform with the pretrained weights' own size, mean/std and resizing."""
+def image_transform(spec: ModelSpec, hub_preprocess: dict | None = None):
+    """open_clip's eval transform with the pretrained weights' own size, mean/std and resizing
+    (for an `hf-hub:` model, `hub_preprocess`: its repo config's `preprocess_cfg`)."""
     import open_clip
 
-    cfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag) if spec.tag else {}
+    cfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag) if spec.tag else hub_preprocess or {}
     return open_clip.image_transform(
         spec.image_size,
         is_train=False,

@@ -28,6 +28,8 @@ class ModelSpec:
     dim: int
     image_size: int
     family: Family = Family.OPEN_CLIP
+    # The Hub repo an `hf-hub:org/repo` name loads its config, weights and preprocessing from.
+    hub_repo: str | None = None
 
 
 def _row(name: str, dim: int, image_size: int, family: Family = Family.OPEN_CLIP) -> ModelSpec:
@@ -108,6 +110,26 @@ def _open_clip_pairs() -> dict[str, tuple[str, str]]:
     return {_key(f'{arch}::{tag}'): (arch, tag) for arch, tag in open_clip.list_pretrained()}
 
 
+HUB_PREFIX = 'hf-hub:'  # open_clip's names for models published as Hub repos
+HUB_CONFIG_FILE = 'open_clip_config.json'
+
+
+def hub_spec(repo_id: str, model_cfg: dict) -> ModelSpec:
+    """The spec of the `hf-hub:` model whose repo's open_clip config holds `model_cfg`; its
+    architecture is that config, registered with open_clip as `hub_arch(repo_id)`."""
+    image_size = model_cfg['vision_cfg']['image_size']
+    if isinstance(image_size, (tuple, list)):
+        image_size = image_size[0]
+    family = Family.HF_TEXT if model_cfg['text_cfg'].get('hf_model_name') else Family.OPEN_CLIP
+    return ModelSpec(
+        f'{HUB_PREFIX}{repo_id}', hub_arch(repo_id), None, model_cfg['embed_dim'], image_size, family, repo_id
+    )
+
+
+def hub_arch(repo_id: str) -> str:
+    return 'hf-hub--' + repo_id.replace('/', '--')
+
+
 def same_model(requested: str, served: str) -> bool:
     """Whether `requested` names the model served as `served`: its own name in any spelling, or an
     alias of it (from the table alone: nothing is imported or downloaded)."""
@@ -153,7 +175,10 @@ def _from_open_clip(arch: str, tag: str | None) -> ModelSpec:
 
 
 def resolve(name: str) -> ModelSpec:
-    """Look a model name up; unknown names fail with the closest known names."""
+    """Look a model name up; unknown names fail with the closest known names. (`hf-hub:` names need
+    their repo's config: `clip_server.model.factory.resolve` fetches it.)"""
+    if name.startswith(HUB_PREFIX):
+        raise UnknownModelError(f'{name}: an hf-hub name is resolved by clip_server.model.factory.resolve')
     key = _key(name)
     key = _key(_ALIAS_BY_KEY.get(key, name))
     if key in _BY_KEY:

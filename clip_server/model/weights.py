@@ -82,6 +82,8 @@ def locate_weights(spec: ModelSpec, model_path: str | os.PathLike | None = None)
         if not path.is_file():
             raise ModelPathError(f'model_path {str(model_path)!r} is not a file (resolved to {path.resolve()})')
         return path
+    if spec.hub_repo:
+        return fetch_hub_weights(spec.hub_repo)
     if spec.tag is None:
         raise WeightsUnavailableError(
             f'{spec.name!r} is an architecture without pretrained weights: set `model_path` to a weights file'
@@ -127,7 +129,6 @@ def fetch_open_clip_weights(
     """
     # Imported here: open_clip pulls in torch, which the plain fetchers below do not need.
     import open_clip
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     cfg = open_clip.get_pretrained_cfg(arch, tag)
     if not cfg:
@@ -141,15 +142,8 @@ def fetch_open_clip_weights(
 
     # 'org/repo/' means the default file; 'org/repo/name.bin' names it.
     repo_id, filename = os.path.split(cfg['hf_hub'])
-    filename = filename or HF_WEIGHTS_NAME
-    candidates = [filename]
-    if importlib.util.find_spec('safetensors') is not None:  # open_clip can only load them with it
-        if filename == HF_WEIGHTS_NAME:
-            candidates.insert(0, HF_SAFE_WEIGHTS_NAME)
-        elif filename.endswith(('.bin', '.pth')):
-            candidates.insert(0, filename[:-4] + '.safetensors')
     try:
-        return _fetch_hub(repo_id, candidates, None, _root(cache_root), retries)
+        return fetch_hub_weights(repo_id, filename or None, cache_root=cache_root, retries=retries)
     except WeightsUnavailableError as hub_error:
         if not url:
             raise
@@ -159,6 +153,23 @@ def fetch_open_clip_weights(
         except WeightsUnavailableError as url_error:  # one message naming both sources, hub first
             (url_source, url_reason), looked_in = url_error.failures[-1], _root(cache_root)
             raise _unavailable(url_source, looked_in, url_reason, tried=tuple(hub_error.failures)) from url_error
+
+
+def fetch_hub_weights(
+    repo_id: str, filename: str | None = None, *, cache_root: str | os.PathLike | None = None, retries: int = 3
+) -> Path:
+    """An open_clip checkpoint in a Hub repo: `filename`, or open_clip's default file; its
+    safetensors variant first where the safetensors package can load it."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    filename = filename or HF_WEIGHTS_NAME
+    candidates = [filename]
+    if importlib.util.find_spec('safetensors') is not None:  # open_clip can only load them with it
+        if filename == HF_WEIGHTS_NAME:
+            candidates.insert(0, HF_SAFE_WEIGHTS_NAME)
+        elif filename.endswith(('.bin', '.pth')):
+            candidates.insert(0, filename[:-4] + '.safetensors')
+    return _fetch_hub(repo_id, candidates, None, _root(cache_root), retries)
 
 
 # ----------------------------------------------------------------------------- hub files

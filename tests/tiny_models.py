@@ -44,6 +44,23 @@ CONFIGS = {
         },
         'text_cfg': {**_TEXT, 'no_causal_mask': True},
     },
+    # CoCa's shape: attentional pooling and a CLS token on the text side, beside a captioning decoder
+    'tiny-coca': {
+        'embed_dim': 32,
+        'custom_text': True,
+        'vision_cfg': {
+            'image_size': 224,
+            'layers': 1,
+            'width': 64,
+            'head_width': 32,
+            'patch_size': 32,
+            'attentional_pool': True,
+            'attn_pooler_heads': 2,
+            'output_tokens': True,
+        },
+        'text_cfg': {**_TEXT, 'context_length': 76, 'layers': 1, 'embed_cls': True, 'output_tokens': True},
+        'multimodal_cfg': {**_TEXT, 'context_length': 76, 'layers': 1, 'attn_pooler_heads': 2},
+    },
     # SigLIP's shape: a Hub tokenizer (trained on the fly, tests/tiny_hf.py) at a context of its own,
     # the bidirectional tower pooled last, and a sigmoid loss's logit bias
     'tiny-siglip': {

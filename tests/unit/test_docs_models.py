@@ -28,9 +28,27 @@ def test_documented_name_resolves(page, name):
 
 
 def test_models_table_matches_the_registry():
-    rows = TABLE_ROW.findall((DOCS / 'models.md').read_text())
+    rows = TABLE_ROW.findall((DOCS / 'models.md').read_text().split('## Other names')[0])
     documented = {name: (int(dim), int(size)) for name, dim, size in rows}
     assert list(documented) == [spec.name for spec in MODELS], 'the table should list the registry, in order'
     for name, sizes in documented.items():
         spec = resolve(name)
         assert (spec.dim, spec.image_size) == sizes, name
+
+
+FAMILY_ROW = re.compile(r'^\| `([^`]+)` \| (\d+) \| (\d+) \| (\d+) \| (sigmoid|softmax) \|', re.M)
+
+
+def test_the_families_table_matches_open_clips_configs():
+    """Each documented family row: its dimension, image size, context length and /rank scoring."""
+    import open_clip
+
+    section = (DOCS / 'models.md').read_text().split('## Modern open_clip families')[1].split('\n## ')[0]
+    rows = FAMILY_ROW.findall(section)
+    assert len(rows) >= 10
+    for name, dim, size, context, score in rows:
+        spec = resolve(name)
+        config = open_clip.get_model_config(spec.arch)
+        assert (spec.dim, spec.image_size) == (int(dim), int(size)), name
+        assert config['text_cfg'].get('context_length', 77) == int(context), name
+        assert (config.get('init_logit_bias') is not None) == (score == 'sigmoid'), name

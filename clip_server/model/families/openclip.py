@@ -89,7 +89,18 @@ class OpenCLIPText(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(input_ids)
+        return self.model.encode_text(input_ids, normalize=False)  # CoCa would normalise by default
+
+
+class CoCaImage(torch.nn.Module):
+    """CoCa's image embedding: its `visual` also returns the tokens its captioning decoder reads."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels, normalize=False)
 
 
 class _Project(torch.nn.Module):
@@ -187,11 +198,14 @@ class OpenCLIPBuilder(FamilyBuilder):
         dtype: DType = DType.FP32,
         for_export: bool = False,
     ) -> Towers:
+        import open_clip
+
         model = for_inference(self.create_model(spec, source, device=device, dtype=dtype))
+        image = CoCaImage(model) if isinstance(model, open_clip.CoCa) else model.visual
         causal = causal_text_parts(model)
         if causal is None:
-            return Towers(OpenCLIPText(model), model.visual, scoring=scoring_of(model))
-        return Towers(EndOfTextText(causal), model.visual, cut_at_end_of_text=True, scoring=scoring_of(model))
+            return Towers(OpenCLIPText(model), image, scoring=scoring_of(model))
+        return Towers(EndOfTextText(causal), image, cut_at_end_of_text=True, scoring=scoring_of(model))
 
 
 def for_inference(model: torch.nn.Module) -> torch.nn.Module:
@@ -209,4 +223,4 @@ def scoring_of(model: torch.nn.Module) -> Scoring:
     bias = getattr(model, 'logit_bias', None)
     if bias is None:
         return CLIP_SCORING
-    return Scoring(scale=float(model.logit_scale.exp()), bias=float(bias))
+    return Scoring(scale=float(model.logit_scale.detach().exp()), bias=float(bias.detach()))

@@ -9,7 +9,8 @@ import torch
 import tiny_hf
 from clip_server.model.factory import export_onnx, preprocessor
 from clip_server.model.registry import resolve
-from clip_server.model.runtimes.onnx_runtime import ONNXEncoder
+from clip_server.model.runtimes.onnx_graphs import graph_properties
+from clip_server.model.runtimes.onnx_runtime import CONTEXT_LENGTH, ONNXEncoder
 from clip_server.types import CLIP_SCORING, Scoring
 from helpers import sample_image, torch_encoder
 
@@ -48,7 +49,9 @@ def test_torch_and_onnx_equal_open_clip(siglip, tmp_path):
     served = torch_encoder(spec, weights)
     np.testing.assert_allclose(served.encode_text(tokens), texts, atol=TOLERANCE)
     np.testing.assert_allclose(served.encode_image(pixels), images, atol=TOLERANCE)
-    onnx = ONNXEncoder(export_onnx(spec, weights, tmp_path / 'onnx'), image_size=spec.image_size)
+    folder = export_onnx(spec, weights, tmp_path / 'onnx')
+    assert graph_properties(folder)[CONTEXT_LENGTH] == '16'  # what TensorRT sizes its profile by
+    onnx = ONNXEncoder(folder, image_size=spec.image_size)
     np.testing.assert_allclose(onnx.encode_text(tokens), texts, atol=TOLERANCE)
     np.testing.assert_allclose(onnx.encode_image(pixels), images, atol=TOLERANCE)
     # /rank follows the model's sigmoid, with its own learned scale and bias, on both runtimes

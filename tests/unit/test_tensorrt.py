@@ -49,6 +49,7 @@ def test_profile_shapes_cover_one_to_a_minibatch():
     assert profile_shapes((-1, 3, 224, 224), 8) == ((1, 3, 224, 224), (8, 3, 224, 224), (8, 3, 224, 224))
     # texts cut after their batch's last end-of-text token: 1 token up to CLIP's context
     assert profile_shapes((-1, -1), 8) == ((1, 1), (8, 77), (8, 77))
+    assert profile_shapes((-1, -1), 8, context_length=32) == ((1, 1), (8, 32), (8, 32))  # the model's own
     with pytest.raises(ValueError, match='only the batch axis'):
         profile_shapes((-1, 3, -1, -1), 8)
 

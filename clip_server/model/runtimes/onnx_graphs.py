@@ -25,6 +25,7 @@ from clip_server.model.cache_build import digest
 from clip_server.model.families.base import Towers
 from clip_server.model.quiet import without_log
 from clip_server.model.runtimes.onnx_runtime import (
+    CONTEXT_LENGTH,
     CUT_AT_END_OF_TEXT,
     IMAGE_FILE,
     IMAGE_INPUT,
@@ -104,7 +105,7 @@ def export_towers(
         folder / TEXT_FILE,
         external_data,
         name,
-        {**metadata, **_scoring_metadata(towers.scoring)},
+        {**metadata, **_scoring_metadata(towers.scoring), CONTEXT_LENGTH: str(sample_tokens.shape[1])},
     )
     pixels = torch.zeros(2, 3, image_size, image_size, device=device)
     image = _ImageTower(_half(towers.image, dtype)).eval()
@@ -221,8 +222,12 @@ def _declare_unused_inputs(graph, inputs: tuple[str, ...]) -> None:
 
 
 def graph_properties(folder: str | os.PathLike) -> dict[str, str]:
-    """The metadata of the folder's text graph: its row rule and its model's scoring."""
-    graph = onnx.load(str(Path(folder) / TEXT_FILE), load_external_data=False)
+    """The metadata of the folder's text graph: its row rule, context and its model's scoring."""
+    return graph_metadata(Path(folder) / TEXT_FILE)
+
+
+def graph_metadata(path: str | os.PathLike) -> dict[str, str]:
+    graph = onnx.load(str(path), load_external_data=False)
     return {prop.key: prop.value for prop in graph.metadata_props}
 
 

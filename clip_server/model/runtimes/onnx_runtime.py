@@ -36,6 +36,8 @@ TEXT_INPUTS = ('input_ids', 'attention_mask')
 IMAGE_INPUT = 'pixel_values'
 PAD_TOKEN_ID = 'pad_token_id'  # metadata key of text graphs that mask by a pad id
 CUT_AT_END_OF_TEXT = 'cut_at_end_of_text'  # metadata key of causal text graphs that take short rows
+# metadata key of the model's text context: the longest rows a text graph takes
+CONTEXT_LENGTH = 'context_length'
 # metadata keys of a sigmoid-trained model's scoring (`Scoring`), on its text graph
 LOGIT_SCALE, LOGIT_BIAS = 'logit_scale', 'logit_bias'
 CUDA = 'CUDAExecutionProvider'

@@ -19,6 +19,7 @@ import torch
 
 from clip_server.model.cache_build import build_once, digest, folder_name
 from clip_server.model.families.base import CONTEXT_LENGTH
+from clip_server.model.runtimes.onnx_runtime import CONTEXT_LENGTH as CONTEXT_LENGTH_KEY
 from clip_server.model.runtimes.onnx_runtime import IMAGE_FILE, IMAGE_INPUT, TEXT_FILE, TEXT_INPUTS
 from clip_server.model.tokens import rows_rule, text_inputs
 from clip_server.model.weights import cache_dir
@@ -92,15 +93,18 @@ def engine_key(onnx_folder: Path, *, fp16: bool, max_batch: int) -> EngineKey:
     )
 
 
-def profile_shapes(shape: tuple[int, ...], max_batch: int) -> tuple[tuple[int, ...], ...]:
+def profile_shapes(
+    shape: tuple[int, ...], max_batch: int, context_length: int = CONTEXT_LENGTH
+) -> tuple[tuple[int, ...], ...]:
     """(min, opt, max) for one input whose first axis is the batch.
 
     The executor never sends more than `minibatch_size` rows, so that is both the size
     TensorRT tunes for and the largest it accepts. A dynamic sequence axis (texts cut after
-    their batch's last end-of-text token) runs from 1 token to CLIP's context, tuned for the full context.
+    their batch's last end-of-text token) runs from 1 token to the model's context, tuned for
+    the full context.
     """
     if len(shape) == 2 and shape[1] < 0:
-        return (1, 1), (max_batch, CONTEXT_LENGTH), (max_batch, CONTEXT_LENGTH)
+        return (1, 1), (max_batch, context_length), (max_batch, context_length)
     rest = tuple(shape[1:])
     if any(dim < 0 for dim in rest):
         raise ValueError(f'only the batch axis (and a text sequence axis) may be dynamic, got input shape {shape}')
@@ -130,10 +134,13 @@ def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, max_batch: i
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
         _keep_sensitive_layers_in_fp32(network, trt)
+    from clip_server.model.runtimes.onnx_graphs import graph_metadata
+
     profile = builder.create_optimization_profile()
+    context_length = int(graph_metadata(onnx_path).get(CONTEXT_LENGTH_KEY, CONTEXT_LENGTH))
     for index in range(network.num_inputs):
         tensor = network.get_input(index)
-        profile.set_shape(tensor.name, *profile_shapes(tuple(tensor.shape), max_batch))
+        profile.set_shape(tensor.name, *profile_shapes(tuple(tensor.shape), max_batch, context_length))
     config.add_optimization_profile(profile)
 
     started = time.monotonic()

@@ -31,6 +31,10 @@ class _Fail(Exception):
     """A start-up failure, worded for the user."""
 
 
+class _FlowFailed(_Fail):
+    """A failure in the Flow's own processes, whose tracebacks JINA_LOG_LEVEL=DEBUG prints."""
+
+
 def bundled_flow(name: str) -> Traversable:
     """The package's own copy of a bundled Flow YAML, wherever the package is installed."""
     return files('clip_server') / 'resources' / name
@@ -187,11 +191,11 @@ def _serve(flow: Flow) -> None:
                 flow.start()
             except RuntimeFailToStart as e:
                 reason = '; '.join(child_errors.read()) or 'see the log above'
-                raise _Fail(f'the Flow failed to start: {reason}') from e
+                raise _FlowFailed(f'the Flow failed to start: {reason}') from e
             except PortAlreadyUsed as e:
                 raise _Fail(f'the gateway port is already in use ({e})') from e
             except Exception as e:
-                raise _Fail(f'the Flow failed to start: {_describe(e)}') from e
+                raise _FlowFailed(f'the Flow failed to start: {_describe(e)}') from e
         if not received:
             flow.block()  # returns on KeyboardInterrupt
     finally:
@@ -233,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         if _debug():
             traceback.print_exc()
         print(f'clip_server: error: {e}', file=sys.stderr)
-        if not _debug():
+        if isinstance(e, _FlowFailed) and not _debug():
             print('clip_server: JINA_LOG_LEVEL=DEBUG shows the tracebacks', file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # stopped before the Flow was ready

@@ -86,7 +86,7 @@ def test_embeddings_equal_open_clip(flows, name, runtime):
 def test_siglip_rank_scores_follow_the_models_sigmoid(flows, runtime):
     servers, models = flows
     siglip = models['tiny-siglip'][0]
-    scale, bias = float(siglip.logit_scale.exp()), float(siglip.logit_bias)
+    scale, bias = float(siglip.logit_scale.detach().exp()), float(siglip.logit_bias.detach())
     query = Document(text='a photo of a cat', matches=[Document(text=text) for text in TEXTS[1:]])
     ranked = Client(servers['tiny-siglip', runtime].address).rank([query])[0].matches
     for match in ranked:

@@ -154,7 +154,7 @@ def test_the_readme_example_works_as_written(server):
     """The README's Python example, with its port swapped for this server's and its token set."""
     example = README.read_text().split('<!-- openai-example -->')[1].split('```python')[1].split('```')[0]
     example = example.replace('51001', str(server.ports['http'])).replace('ViT-B-32::openai', 'tiny-vit')
-    example = example.replace('api_key="unused"', f'api_key="{TOKEN}"')
+    example = example.replace("api_key='unused'", f"api_key='{TOKEN}'")
     namespace: dict = {}
     exec(compile(example, 'README example', 'exec'), namespace)  # noqa: S102 - the repository's own README
     assert np.asarray(namespace['vectors']).shape == (2, 32)

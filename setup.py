@@ -23,6 +23,8 @@ SERVING = [
     'prometheus_client>=0.12,<0.22',
     # jina imports pkg_resources, which setuptools >= 80 deprecates and 82 removes
     'setuptools>=70,<80',
+    # the search Flow's vector index: exact and HNSW search (its 2.x API: Index.search(..., exact=))
+    'usearch>=2.20,<3',
 ]
 MODEL = [
     'torch>=2.0',

@@ -24,7 +24,7 @@ from jina.excepts import PortAlreadyUsed, RuntimeFailToStart
 
 from clip_server.flow_config import adjusted_flow_yaml
 
-BUNDLED_FLOWS = ('torch-flow.yml', 'onnx-flow.yml', 'tensorrt-flow.yml')
+BUNDLED_FLOWS = ('torch-flow.yml', 'onnx-flow.yml', 'tensorrt-flow.yml', 'search-flow.yml')
 
 
 class _Fail(Exception):

@@ -7,7 +7,7 @@ import zipfile
 
 from helpers import REPO
 
-BUNDLED = ('torch-flow.yml', 'onnx-flow.yml', 'tensorrt-flow.yml')
+BUNDLED = ('torch-flow.yml', 'onnx-flow.yml', 'tensorrt-flow.yml', 'search-flow.yml')
 
 
 def test_a_built_wheel_serves_its_bundled_flows_outside_the_checkout(tmp_path):

@@ -1,0 +1,109 @@
+"""CLIPIndexer: stores what the encoder embedded and finds it again, after the encoder in a Flow.
+
+`clip_client`'s `index()` and `search()` work against it as they are:
+- `/index`: each document with an embedding is stored (id, embedding, text, uri, tags, mime type;
+  image bytes only with `store_image_content`), replacing one stored under the same id;
+- `/search`: each query gets its `limit` (default 10) best matches, best first, with the cosine
+  in `scores['cosine']`; texts find images and images find texts, as they share one space;
+- `/delete`: removes the documents with the ids sent (as documents, or `parameters={'ids': [...]}`);
+- `/count`: answers one document whose `tags['count']` is the number stored.
+
+The store is embedded and persistent (`clip_server.search.store`): a folder under the cache by
+default, or `index_path`. One process writes it: keep this executor at one replica (the encoder
+in front may have many).
+"""
+
+from typing import Any
+
+from docarray import Document, DocumentArray
+from docarray.score import NamedScore
+from jina import Executor, requests
+
+from clip_server.model.weights import cache_dir
+from clip_server.search.store import Hit, Item, VectorStore
+from clip_server.types import ConfigurationError, InvalidInputError
+
+DEFAULT_LIMIT = 10
+
+
+class CLIPIndexer(Executor):
+    """A persistent vector index behind the CLIP encoder."""
+
+    def __init__(
+        self,
+        index_path: str | None = None,
+        exact_below: int = 20_000,
+        store_image_content: bool = False,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if (getattr(self.runtime_args, 'replicas', 1) or 1) > 1:
+            raise ConfigurationError('CLIPIndexer writes one index: give it `replicas: 1` (the encoder may have more)')
+        self._store = VectorStore(index_path or cache_dir() / 'index' / 'default', exact_below=exact_below)
+        self._store_image_content = store_image_content
+        self.logger.info(f'index at {self._store.folder}: {self._store.count()} documents')
+
+    @requests(on='/index')
+    def index(self, docs: DocumentArray, **kwargs: Any) -> DocumentArray:
+        unembedded = [doc.id for doc in docs if doc.embedding is None]
+        if unembedded:
+            raise InvalidInputError(f'document {unembedded[0]} has no embedding to index: send it some content')
+        self._store.add([Item(doc.id, doc.embedding, self._payload(doc)) for doc in docs])
+        return docs
+
+    @requests(on='/search')
+    def search(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
+        limit = _positive_int(parameters.get('limit', DEFAULT_LIMIT), 'limit')
+        queries = [doc for doc in docs if doc.embedding is not None]
+        if not queries:
+            return docs
+        found = self._store.search([query.embedding for query in queries], limit)
+        for query, hits in zip(queries, found, strict=True):
+            query.matches = DocumentArray([_match(hit, query.id) for hit in hits])
+        return docs
+
+    @requests(on='/delete')
+    def delete(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
+        ids = [doc.id for doc in docs] + [str(doc_id) for doc_id in parameters.get('ids', [])]
+        removed = self._store.remove(ids)
+        self.logger.info(f'deleted {removed} of {len(ids)} documents asked for')
+        return docs
+
+    @requests(on='/count')
+    def count(self, **kwargs: Any) -> DocumentArray:
+        return DocumentArray([Document(tags={'count': self._store.count()})])
+
+    def close(self) -> None:
+        self._store.close()
+        super().close()
+
+    def _payload(self, doc: Document) -> dict:
+        payload = {'text': doc.text, 'uri': doc.uri, 'tags': dict(doc.tags), 'mime_type': doc.mime_type}
+        if not self._store_image_content and doc.uri.startswith('data:'):
+            payload['uri'] = ''  # a data URI is image content
+        if self._store_image_content and doc.blob:
+            payload['blob'] = doc.blob.hex()
+        return payload
+
+
+def _match(hit: Hit, query_id: str) -> Document:
+    payload = hit.payload
+    match = Document(id=hit.id, tags=payload.get('tags') or {}, mime_type=payload.get('mime_type') or '')
+    if payload.get('text'):
+        match.text = payload['text']
+    if payload.get('uri'):
+        match.uri = payload['uri']
+    if payload.get('blob'):
+        match.blob = bytes.fromhex(payload['blob'])
+    match.scores['cosine'] = NamedScore(value=hit.cosine, op_name='cosine', ref_id=query_id)
+    return match
+
+
+def _positive_int(value: Any, name: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise InvalidInputError(f'{name} must be a positive integer, got {value!r}')
+    return number

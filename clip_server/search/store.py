@@ -2,9 +2,11 @@
 
 SQLite (in the standard library) is the source of truth: each write is one transaction in
 write-ahead-log mode, so a process killed mid-write leaves the last committed state, never a
-half-written one. The search structure lives in memory and is rebuilt from SQLite when the store
-opens, so it can never disagree with what was committed. Below `exact_below` vectors, usearch
-searches exactly (brute force in SIMD); from there on, it searches its HNSW graph.
+half-written one. The search structure lives in memory. A clean close saves it beside the
+database, named by the database's write generation; an open loads that snapshot only if its
+generation is the database's, and otherwise (after a crash) rebuilds it from the committed rows,
+so it can never disagree with them. Below `exact_below` vectors, usearch searches exactly (brute
+force in SIMD); from there on, it searches its HNSW graph.
 
 No jina and no docarray here: ids, float vectors and JSON payloads in, ranked hits out.
 """
@@ -12,6 +14,7 @@ No jina and no docarray here: ids, float vectors and JSON payloads in, ranked hi
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import closing
@@ -24,6 +27,7 @@ from usearch.index import Index
 from clip_server.types import ConfigurationError, InvalidInputError
 
 DATABASE = 'index.sqlite3'
+SNAPSHOT = 'vectors-{generation}.usearch'  # the search structure as of that write generation
 LOAD_CHUNK = 10_000  # rows read at a time while rebuilding the search structure
 
 
@@ -60,7 +64,7 @@ class VectorStore:
         self._db.execute('CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)')
         self._options = {'connectivity': connectivity, 'expansion_add': expansion, 'expansion_search': expansion}
         self.dim: int | None = self._stored_dim()
-        self._index: Index | None = self._rebuilt() if self.dim else None
+        self._index: Index | None = self._opened() if self.dim else None
 
     # --- writes: one transaction each ---
 
@@ -71,6 +75,7 @@ class VectorStore:
         vectors = np.stack([np.asarray(item.vector, dtype=np.float32).reshape(-1) for item in items])
         self._check_dim(vectors.shape[1])
         with self._transaction():
+            self._next_generation()
             replaced = self._keys_of([item.id for item in items])
             self._db.executemany('DELETE FROM items WHERE id = ?', [(item.id,) for item in items])
             keys = [
@@ -90,6 +95,7 @@ class VectorStore:
         """Delete the documents with these ids; returns how many were stored."""
         ids = list(ids)
         with self._transaction():
+            self._next_generation()
             keys = self._keys_of(ids)
             self._db.executemany('DELETE FROM items WHERE id = ?', [(doc_id,) for doc_id in ids])
         if keys and self._index is not None:
@@ -115,6 +121,16 @@ class VectorStore:
         return [_hits(ks, ds, rows) for ks, ds in zip(keys, distances, strict=True)]
 
     def close(self) -> None:
+        """Save the search structure for a fast next open, then close the database."""
+        if self._index is not None:
+            target = self.folder / SNAPSHOT.format(generation=self._generation())
+            if not target.exists():
+                scratch = target.with_suffix('.partial')
+                self._index.save(str(scratch))
+                os.replace(scratch, target)  # whole or absent, never half-written
+                for stale in self.folder.glob(SNAPSHOT.format(generation='*')):
+                    if stale != target:
+                        stale.unlink(missing_ok=True)
         self._db.close()
 
     # --- internals ---
@@ -133,6 +149,23 @@ class VectorStore:
     def _stored_dim(self) -> int | None:
         row = self._db.execute("SELECT value FROM meta WHERE name = 'dim'").fetchone()
         return int(row[0]) if row else None
+
+    def _opened(self) -> Index:
+        """The saved search structure when it matches the committed rows, else one rebuilt from them."""
+        snapshot = self.folder / SNAPSHOT.format(generation=self._generation())
+        if snapshot.exists():
+            index = Index(ndim=self.dim, metric='cos', dtype='f32', **self._options)
+            index.load(str(snapshot))
+            if len(index) == self.count():
+                return index
+        return self._rebuilt()
+
+    def _generation(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _next_generation(self) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (str(self._generation() + 1),))
 
     def _rebuilt(self) -> Index:
         """The search structure, from every committed row."""

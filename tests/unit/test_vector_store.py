@@ -96,3 +96,16 @@ def test_hnsw_recall_at_10_against_exact_search(tmp_path):
     recall = np.mean([len({h.id for h in a} & {h.id for h in t}) / 10 for a, t in zip(found, truth, strict=True)])
     print(f'recall@10 = {recall:.3f}')
     assert recall >= 0.95
+
+
+def test_a_clean_close_saves_the_search_structure_and_a_crash_does_not_fool_the_next_open(tmp_path):
+    vectors = random_vectors(50)
+    store = VectorStore(tmp_path)
+    store.add(items(vectors))
+    store.close()
+    assert [path.name for path in tmp_path.glob('vectors-*.usearch')] == ['vectors-1.usearch']
+    unclean = VectorStore(tmp_path)  # loads the snapshot: it matches generation 1
+    assert unclean.search(vectors[5], limit=1)[0][0].id == 'doc5'
+    unclean.remove(['doc5'])  # generation 2 committed; the process then "dies" without close()
+    after_crash = VectorStore(tmp_path)  # the snapshot is of generation 1: rebuilt from the rows instead
+    assert after_crash.count() == 49 and after_crash.search(vectors[5], limit=1)[0][0].id != 'doc5'

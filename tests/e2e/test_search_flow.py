@@ -23,19 +23,21 @@ print(f"index-probe name={os.environ.get('JINA_DEPLOYMENT_NAME')} pid={os.getpid
 """
 
 
-def search_flow(tiny_weights, folder, port: int) -> str:
-    """The bundled search Flow's shape with the tiny model, its index in `folder`/index."""
+def search_flow(tiny_weights, folder, port: int, indexer_with: str | None = None) -> str:
+    """The bundled search Flow's shape with the tiny model, its index in `folder`/index (or as
+    `indexer_with` says)."""
     probe = folder / 'index_probe.py'
     probe.write_text(PROBE)
     yaml_text = flow_yaml(
         port, with_params={'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit'])}, batching=(32, 10)
     )
+    indexer_with = indexer_with or '{index_path: %s}' % (folder / 'index')
     return (
         yaml_text
         + f"""  - name: index
     uses:
       jtype: CLIPIndexer
-      with: {{index_path: {folder / 'index'}}}
+      with: {indexer_with}
       metas:
         py_modules:
           - {probe}
@@ -142,3 +144,17 @@ def count_or_none(port: int) -> int | None:
         return count(port)
     except Exception:  # the Flow is busy or the indexer not reachable: not known yet
         return None
+
+
+def test_the_indexer_on_qdrant(tiny_weights, tmp_path):
+    """The same Flow with its index in Qdrant (qdrant-client's local mode: no server here)."""
+    port = free_port()
+    qdrant = f'{{qdrant: {{path: {tmp_path / "qdrant"}, collection: tiny}}}}'
+    server = start_server(tmp_path, search_flow(tiny_weights, tmp_path, port, qdrant), port)
+    try:
+        docs = DocumentArray(Document(id=f'q{i}', text=f'sentence number {i}') for i in range(20))
+        Client(f'grpc://127.0.0.1:{port}').index(docs)
+        assert count(port) == 20
+        assert best_matches(port, [Document(text='sentence number 7')], limit=1) == [['q7']]
+    finally:
+        server.stop()

@@ -1,5 +1,6 @@
-"""The embedded vector store: exact and HNSW search, replacing and deleting, reopening, a kill in
-the middle of a write, and HNSW's recall against exact search."""
+"""The index stores: the embedded one (exact and HNSW search, a kill in the middle of a write,
+HNSW's recall against exact search, its saved search structure) and the Qdrant one (in
+qdrant-client's local mode: no server here), each finding, replacing, deleting and reopening."""
 
 import os
 import signal
@@ -10,8 +11,14 @@ import time
 import numpy as np
 import pytest
 
+from clip_server.search.qdrant_store import QdrantStore
 from clip_server.search.store import Item, VectorStore
 from clip_server.types import InvalidInputError
+
+STORES = {
+    'embedded': lambda folder: VectorStore(folder),
+    'qdrant': lambda folder: QdrantStore(collection='clip', path=str(folder)),
+}
 
 
 def items(vectors: np.ndarray, prefix: str = 'doc') -> list[Item]:
@@ -22,8 +29,9 @@ def random_vectors(count: int, dim: int = 32, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
 
 
-def test_a_stored_vector_finds_itself_first_with_its_payload(tmp_path):
-    store, vectors = VectorStore(tmp_path), random_vectors(100)
+@pytest.mark.parametrize('kind', STORES)
+def test_a_stored_vector_finds_itself_first_with_its_payload(kind, tmp_path):
+    store, vectors = STORES[kind](tmp_path), random_vectors(100)
     store.add(items(vectors))
     hits = store.search(vectors[[3, 42]], limit=5)
     assert [found[0].id for found in hits] == ['doc3', 'doc42']
@@ -31,8 +39,9 @@ def test_a_stored_vector_finds_itself_first_with_its_payload(tmp_path):
     assert [hit.cosine for hit in hits[1]] == sorted((hit.cosine for hit in hits[1]), reverse=True)
 
 
-def test_replacing_deleting_counting_and_reopening(tmp_path):
-    store, vectors = VectorStore(tmp_path), random_vectors(10)
+@pytest.mark.parametrize('kind', STORES)
+def test_replacing_deleting_counting_and_reopening(kind, tmp_path):
+    store, vectors = STORES[kind](tmp_path), random_vectors(10)
     store.add(items(vectors))
     store.add([Item('doc0', vectors[9], {'text': 'moved'})])  # doc0 now stands where doc9 is
     assert store.count() == 10
@@ -40,15 +49,16 @@ def test_replacing_deleting_counting_and_reopening(tmp_path):
     assert store.remove(['doc9', 'never-stored']) == 1
     assert store.count() == 9 and store.search(vectors[9], limit=1)[0][0].id == 'doc0'
     store.close()
-    reopened = VectorStore(tmp_path)
+    reopened = STORES[kind](tmp_path)
     assert reopened.count() == 9
     best = reopened.search(vectors[9], limit=1)[0][0]
     assert (best.id, best.payload) == ('doc0', {'text': 'moved'})
     assert reopened.search(vectors[0], limit=9)[0][-1].id != 'doc0'  # the old doc0 vector is gone
 
 
-def test_an_index_refuses_embeddings_of_another_size(tmp_path):
-    store = VectorStore(tmp_path)
+@pytest.mark.parametrize('kind', STORES)
+def test_an_index_refuses_embeddings_of_another_size(kind, tmp_path):
+    store = STORES[kind](tmp_path)
     store.add(items(random_vectors(3, dim=32)))
     with pytest.raises(InvalidInputError, match='holds 32-d embeddings, and these are 16-d'):
         store.add(items(random_vectors(1, dim=16), prefix='other'))

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from jina import Flow
 from jina.enums import ProtocolType
-from jina.excepts import PortAlreadyUsed, RuntimeFailToStart
+from jina.excepts import InternalNetworkError, PortAlreadyUsed, RuntimeFailToStart
 
 from clip_server.flow_config import adjusted_flow_yaml
 
@@ -61,8 +61,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _load_flow(flow_yaml: str | None, from_stdin: bool) -> Flow:
     if from_stdin:
         return _parse_flow(sys.stdin.read(), '<stdin>', search_dir=None)
-    if flow_yaml is None or flow_yaml in BUNDLED_FLOWS:
-        source = bundled_flow(flow_yaml or 'torch-flow.yml')
+    if flow_yaml is None or (flow_yaml in BUNDLED_FLOWS and not Path(flow_yaml).exists()):
+        source = bundled_flow(flow_yaml or 'torch-flow.yml')  # a file of that name here is yours: it wins
     else:
         source = Path(flow_yaml).expanduser()
     try:
@@ -157,8 +157,10 @@ class _ChildErrors:
         record = self._make_record(*args, **kwargs)
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
-            with contextlib.suppress(OSError):  # pipe full: the log still has it
-                os.write(self._write_fd, f'{record.name}: {_describe(error)}\n'.encode())
+            # the gateway failing to reach an executor that is not up is a consequence, not the cause
+            if not isinstance(error, InternalNetworkError):
+                with contextlib.suppress(OSError):  # pipe full: the log still has it
+                    os.write(self._write_fd, f'{record.name}: {_describe(error)}\n'.encode())
             if not _debug():  # the error's one line; its traceback and chained errors only under DEBUG
                 record.msg, record.args = f'{_describe(error, limit=120)} (JINA_LOG_LEVEL=DEBUG: traceback)', ()
                 record.exc_info = record.exc_text = None

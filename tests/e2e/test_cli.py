@@ -127,6 +127,13 @@ def test_bundled_names_are_files_inside_the_package():
         assert 'jtype: Flow' in path.read_text()
 
 
+def test_a_file_here_named_like_a_bundled_flow_is_the_one_served(tmp_path):
+    """A user's edited copy keeps its bundled name: the copy wins (here an invalid one, to tell)."""
+    (tmp_path / 'search-flow.yml').write_text(flow_yaml(free_port()).replace('jtype: Flow', 'jtype: Executor'))
+    status, stderr = run_cli('search-flow.yml', log_dir=tmp_path)
+    assert status == 1 and 'search-flow.yml does not describe a Flow' in stderr
+
+
 def test_help_prints_usage(tmp_path):
     process = subprocess.run(
         [sys.executable, '-m', 'clip_server', '-h'],

@@ -159,6 +159,10 @@ class CLIPEncoderBase(Executor):
         self._report(failed)
         return docs
 
+    @requests(on=['/delete', '/count'])
+    def bookkeeping(self, **kwargs: Any) -> None:
+        """The index's bookkeeping endpoints (`CLIPIndexer`) carry ids, not content: nothing to encode."""
+
     @requests(on='/model_info')
     def model_info(self, docs: DocumentArray, **kwargs: Any) -> DocumentArray:
         """The served model's name and embedding size, on each document (the gateway's OpenAI API

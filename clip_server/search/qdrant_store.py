@@ -13,8 +13,8 @@ import uuid
 
 import numpy as np
 
-from clip_server.search.store import Hit, Item
-from clip_server.types import ConfigurationError, InvalidInputError, require
+from clip_server.search.store import Hit, Item, check_dimension, query_rows, vectors_of
+from clip_server.types import ConfigurationError, require
 
 ID_FIELD = '_clip_server_id'
 NAMESPACE = uuid.UUID('5c3b8f04-3a55-4b53-9e1b-0ad1b6d3a4c1')  # fixed: the same id, the same point
@@ -28,9 +28,9 @@ class QdrantStore:
         if (url is None) == (path is None):
             raise ConfigurationError('qdrant: set either url (a Qdrant server) or path (local mode), not both')
         api_key_env = options.pop('api_key_env', None)
-        if api_key_env and not os.environ.get(api_key_env):
-            raise ConfigurationError(f'qdrant.api_key_env names {api_key_env}, which is not set')
         api_key = os.environ.get(api_key_env) if api_key_env else None
+        if api_key_env and not api_key:
+            raise ConfigurationError(f'qdrant.api_key_env names {api_key_env}, which is not set')
         self._client = qdrant.QdrantClient(url=url, path=path, api_key=api_key, **options)
         self._models = qdrant.models
         self.collection = collection
@@ -43,12 +43,10 @@ class QdrantStore:
     def add(self, items: list[Item]) -> None:
         if not items:
             return
-        vectors = np.stack([np.asarray(item.vector, dtype=np.float32).reshape(-1) for item in items])
+        vectors = vectors_of(items)
         self._check_dim(vectors.shape[1])
         points = [
-            self._models.PointStruct(
-                id=_point_id(item.id), vector=vector.tolist(), payload={**item.payload, ID_FIELD: item.id}
-            )
+            self._models.PointStruct(id=_point_id(item.id), vector=vector.tolist(), payload=_payload(item))
             for item, vector in zip(items, vectors, strict=True)
         ]
         self._client.upsert(self.collection, points=points, wait=True)
@@ -67,7 +65,7 @@ class QdrantStore:
         return self._client.count(self.collection, exact=True).count if self.dim is not None else 0
 
     def search(self, queries: np.ndarray, limit: int) -> list[list[Hit]]:
-        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        queries = query_rows(queries)
         if self.dim is None:
             return [[] for _ in queries]
         self._check_dim(queries.shape[1])
@@ -85,11 +83,9 @@ class QdrantStore:
             vectors = self._models.VectorParams(size=dim, distance=self._models.Distance.COSINE)
             self._client.create_collection(self.collection, vectors_config=vectors)
             self.dim = dim
-        elif dim != self.dim:
-            raise InvalidInputError(
-                f'the Qdrant collection {self.collection} holds {self.dim}-d embeddings, and these are {dim}-d: '
-                'the model changed; give this model a collection of its own'
-            )
+        check_dimension(
+            self.dim, dim, f'the Qdrant collection {self.collection}', 'give this model a collection of its own'
+        )
 
 
 def _point_id(doc_id: str) -> str:

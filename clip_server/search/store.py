@@ -48,6 +48,24 @@ class Hit:
     payload: dict
 
 
+def vectors_of(items: list[Item]) -> np.ndarray:
+    """The items' embeddings as float32 rows."""
+    return np.stack([np.asarray(item.vector, dtype=np.float32).reshape(-1) for item in items])
+
+
+def query_rows(queries: np.ndarray) -> np.ndarray:
+    """One query or several, as float32 rows."""
+    return np.atleast_2d(np.asarray(queries, dtype=np.float32))
+
+
+def check_dimension(held: int, given: int, where: str, remedy: str) -> None:
+    """Refuse embeddings of another size than those an index holds (another model made them)."""
+    if given != held:
+        raise InvalidInputError(
+            f'{where} holds {held}-d embeddings, and these are {given}-d: the model changed; {remedy}'
+        )
+
+
 class Store(Protocol):
     """What the indexer needs of an index: the embedded `VectorStore`, or a `QdrantStore`."""
 
@@ -85,7 +103,7 @@ class VectorStore:
         """Store `items`, replacing any stored under the same ids."""
         if not items:
             return
-        vectors = np.stack([np.asarray(item.vector, dtype=np.float32).reshape(-1) for item in items])
+        vectors = vectors_of(items)
         self._check_dim(vectors.shape[1])
         with self._transaction():
             self._next_generation()
@@ -99,7 +117,7 @@ class VectorStore:
                 for item, vector in zip(items, vectors, strict=True)
             ]
         if self._index is None:
-            self._index = Index(ndim=self.dim, metric='cos', dtype='f32', **self._options)
+            self._index = self._new_index()
         if replaced:
             self._index.remove(np.asarray(replaced, dtype=np.uint64))
         self._index.add(np.asarray(keys, dtype=np.uint64), vectors)
@@ -122,7 +140,7 @@ class VectorStore:
 
     def search(self, queries: np.ndarray, limit: int) -> list[list[Hit]]:
         """The `limit` stored documents most similar to each query, best first."""
-        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        queries = query_rows(queries)
         if self._index is None or len(self._index) == 0:
             return [[] for _ in queries]
         self._check_dim(queries.shape[1])
@@ -153,11 +171,7 @@ class VectorStore:
             self.dim = dim
             with self._transaction():
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(dim),))
-        elif dim != self.dim:
-            raise InvalidInputError(
-                f'the index at {self.folder} holds {self.dim}-d embeddings, and these are {dim}-d: '
-                'the model changed; give this model an index path of its own'
-            )
+        check_dimension(self.dim, dim, f'the index at {self.folder}', 'give this model an index path of its own')
 
     def _stored_dim(self) -> int | None:
         row = self._db.execute("SELECT value FROM meta WHERE name = 'dim'").fetchone()
@@ -167,7 +181,7 @@ class VectorStore:
         """The saved search structure when it matches the committed rows, else one rebuilt from them."""
         snapshot = self.folder / SNAPSHOT.format(generation=self._generation())
         if snapshot.exists():
-            index = Index(ndim=self.dim, metric='cos', dtype='f32', **self._options)
+            index = self._new_index()
             index.load(str(snapshot))
             if len(index) == self.count():
                 return index
@@ -180,9 +194,12 @@ class VectorStore:
     def _next_generation(self) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (str(self._generation() + 1),))
 
+    def _new_index(self) -> Index:
+        return Index(ndim=self.dim, metric='cos', dtype='f32', **self._options)
+
     def _rebuilt(self) -> Index:
         """The search structure, from every committed row."""
-        index = Index(ndim=self.dim, metric='cos', dtype='f32', **self._options)
+        index = self._new_index()
         for keys, vectors in self._chunks():
             index.add(keys, vectors)
         return index
@@ -199,24 +216,22 @@ class VectorStore:
                 yield keys, vectors
 
     def _keys_of(self, ids: list[str]) -> list[int]:
-        found: list[int] = []
-        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
-            chunk = ids[start : start + 500]
-            marks = ','.join('?' * len(chunk))
-            found += [key for (key,) in self._db.execute(f'SELECT key FROM items WHERE id IN ({marks})', chunk)]
-        return found
+        return [key for (key,) in self._select_in('key', 'id', ids)]
 
     def _rows(self, keys: Iterable[int]) -> dict[int, tuple[str, dict]]:
-        keys = list(keys)
-        rows: dict[int, tuple[str, dict]] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
+        return {
+            key: (doc_id, json.loads(payload))
+            for key, doc_id, payload in self._select_in('key, id, payload', 'key', keys)
+        }
+
+    def _select_in(self, columns: str, column: str, values: Iterable) -> Iterator[tuple]:
+        """`SELECT columns FROM items WHERE column IN values`, in chunks within SQLite's limit on
+        bound parameters."""
+        values = list(values)
+        for start in range(0, len(values), 500):
+            chunk = values[start : start + 500]
             marks = ','.join('?' * len(chunk))
-            for key, doc_id, payload in self._db.execute(
-                f'SELECT key, id, payload FROM items WHERE key IN ({marks})', chunk
-            ):
-                rows[key] = (doc_id, json.loads(payload))
-        return rows
+            yield from self._db.execute(f'SELECT {columns} FROM items WHERE {column} IN ({marks})', chunk)
 
     def _transaction(self):
         return _Transaction(self._db)

@@ -38,15 +38,16 @@ from clip_server.types import ConfigurationError, InvalidInputError, RequestLimi
 MiB = 2**20
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 PROBE_PATHS = ('/health/live', '/health/ready')
+# Endpoint discovery carries no documents but tells a client what the Flow serves: guarded like them.
+_DISCOVERY = '/jina.JinaDiscoverEndpointsRPC/'
 # gRPC services that carry documents; health, dry-run, info and reflection stay open for probes.
 DATA_RPC_PREFIXES = (
     '/jina.JinaRPC/',
     '/jina.JinaSingleDataRequestRPC/',
     '/jina.JinaSingleDocumentRequestRPC/',
     '/jina.JinaDataRequestRPC/',
-    '/jina.JinaDiscoverEndpointsRPC/',
+    _DISCOVERY,
 )
-_DISCOVERY = '/jina.JinaDiscoverEndpointsRPC/'
 # The HTTP status of a request that failed with one of these errors; any other error is a 500.
 ERROR_STATUS = {InvalidInputError.__name__: 400, RequestLimitError.__name__: 413}
 

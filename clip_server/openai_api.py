@@ -21,7 +21,7 @@ from docarray import Document, DocumentArray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from clip_server.edge import ERROR_STATUS, error_body
+from clip_server.edge import ERROR_STATUS, OPENAI_PATHS, error_body
 from clip_server.executors.documents import TOKENS_TAG
 from clip_server.model.registry import same_model
 from clip_server.remote_images import ImageFetching
@@ -41,7 +41,7 @@ class OpenAIError(Exception):
         self.status, self.param, self.code = status, param, code
 
     def response(self) -> JSONResponse:
-        return JSONResponse(error_body('/v1/', self.status, str(self), self.param, self.code), self.status)
+        return JSONResponse(error_body(OPENAI_PATHS, self.status, str(self), self.param, self.code), self.status)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 `clip_client` sends `credential={'Authorization': TOKEN}` (or env `CLIP_AUTH_TOKEN`) as the raw
 token: gRPC metadata `authorization`, HTTP header `Authorization`; `Bearer TOKEN` is accepted too.
-It sends nothing over WebSocket, so WebSocket clients of their own send the header or `?token=`.
-Probes stay open: gRPC health, dry-run and info; HTTP `GET /`, `/dry_run`, `/status` and `/health/*`. A refusal
+It sends nothing over WebSocket, so WebSocket clients of their own send the header or `?token=`
+(the query parameter counts on WebSocket handshakes alone). Probes stay open: gRPC health and
+dry-run; HTTP `GET /`, `/dry_run`, `/health/*` and CORS preflights. A refusal
 says only that the token is missing or wrong (gRPC UNAUTHENTICATED, HTTP 401, WebSocket close 1008).
 """
 
@@ -16,11 +17,11 @@ from urllib.parse import parse_qs
 
 import grpc
 
-from clip_server.edge import DATA_RPC_PREFIXES, PROBE_PATHS, aborting, error_body, send_json
+from clip_server.edge import DATA_RPC_PREFIXES, PROBE_PATHS, STATUS_RPC, aborting, error_body, send_json
 from clip_server.types import ConfigurationError
 
 REFUSAL = 'missing or wrong authorization token'
-OPEN_HTTP_PATHS = ('/', '/dry_run', '/status', *PROBE_PATHS)
+OPEN_HTTP_PATHS = ('/', '/dry_run', *PROBE_PATHS)
 
 
 def configured_tokens(tokens: Iterable[str] | None, tokens_env: str | None) -> tuple[str, ...]:
@@ -50,10 +51,10 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
-        if handler is None or not details.method.startswith(DATA_RPC_PREFIXES):
+        if handler is None or not (details.method.startswith(DATA_RPC_PREFIXES) or details.method == STATUS_RPC):
             return handler
-        metadata = {key.lower(): value for key, value in details.invocation_metadata or ()}
-        if accepted(metadata.get('authorization'), self._tokens):
+        presented = [value for key, value in details.invocation_metadata or () if key.lower() == 'authorization']
+        if accepted(_only(presented), self._tokens):
             return handler
         return aborting(handler, grpc.StatusCode.UNAUTHENTICATED, REFUSAL)
 
@@ -66,7 +67,7 @@ class TokenMiddleware:
 
     async def __call__(self, scope, receive, send):
         kind = scope['type']
-        open_probe = kind == 'http' and scope['path'] in OPEN_HTTP_PATHS
+        open_probe = kind == 'http' and (scope['path'] in OPEN_HTTP_PATHS or _is_preflight(scope))
         if kind not in ('http', 'websocket') or open_probe or accepted(_presented(scope), self._tokens):
             return await self.app(scope, receive, send)
         if kind == 'websocket':
@@ -76,9 +77,21 @@ class TokenMiddleware:
 
 
 def _presented(scope) -> str | None:
-    """The token a request carries: its Authorization header, or a `token` query parameter."""
-    for key, value in scope.get('headers', []):
-        if key.lower() == b'authorization':
-            return value.decode('latin-1')
-    tokens = parse_qs(scope.get('query_string', b'').decode('latin-1')).get('token')
-    return tokens[0] if tokens else None
+    """The token a request carries: its one Authorization header, or, for a WebSocket handshake
+    alone (browsers cannot set its headers), a `token` query parameter. Over HTTP a token in the
+    URL would end up in proxies' and servers' access logs: there it is not looked at."""
+    headers = [value.decode('latin-1') for key, value in scope.get('headers', []) if key.lower() == b'authorization']
+    if headers or scope['type'] != 'websocket':
+        return _only(headers)
+    return _only(parse_qs(scope.get('query_string', b'').decode('latin-1')).get('token', []))
+
+
+def _only(values: list[str]) -> str | None:
+    """The one value presented; several are refused, since proxies and servers disagree on which counts."""
+    return values[0] if len(values) == 1 else None
+
+
+def _is_preflight(scope) -> bool:
+    """A browser's CORS preflight: it never carries credentials, so it must pass for CORS to work."""
+    headers = dict(scope.get('headers', []))
+    return scope['method'] == 'OPTIONS' and b'access-control-request-method' in headers

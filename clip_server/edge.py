@@ -30,24 +30,35 @@ import grpc
 from docarray import DocumentArray
 from grpc_health.v1 import health_pb2
 from jina.excepts import InternalNetworkError
+from jina.helper import GATEWAY_NAME
+from jina.proto import jina_pb2
 from jina.serve.executors import __dry_run_endpoint__
 from jina.serve.networking.utils import send_health_check_async
 
-from clip_server.types import ConfigurationError, InvalidInputError, RequestLimitError
+from clip_server.types import ClipServerError, ConfigurationError, InvalidInputError, RequestLimitError
 
 MiB = 2**20
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 PROBE_PATHS = ('/health/live', '/health/ready')
+# jina's `/status` lists versions and the environment: this server answers it with nothing of them.
+STATUS_PATH, STATUS_BODY = '/status', {'jina': {}, 'envs': {}}
 # Endpoint discovery carries no documents but tells a client what the Flow serves: guarded like them.
 _DISCOVERY = '/jina.JinaDiscoverEndpointsRPC/'
-# gRPC services that carry documents; health, dry-run, info and reflection stay open for probes.
+# gRPC services that carry documents; health, dry-run and reflection stay open for probes.
 DATA_RPC_PREFIXES = (
     '/jina.JinaRPC/',
     '/jina.JinaSingleDataRequestRPC/',
-    '/jina.JinaSingleDocumentRequestRPC/',
     '/jina.JinaDataRequestRPC/',
     _DISCOVERY,
 )
+# jina's single-document streaming RPC goes straight to the first executor, past the request and
+# result handlers that the edge wraps (limits, InputErrors, tracebacks): no executor here streams.
+UNSERVED_RPC_PREFIXES = ('/jina.JinaSingleDocumentRequestRPC/',)
+# jina's `_status`: its versions and environment are no anonymous caller's business (`status_of`).
+STATUS_RPC = '/jina.JinaInfoRPC/_status'
+# The most levels of chunks and matches under a top-level document that a request may carry: the
+# encoder reaches two (`access_paths: '@cc'`, a query's matches), and deeper nesting only costs.
+MAX_NESTING = 4
 # The HTTP status of a request that failed with one of these errors; any other error is a 500.
 ERROR_STATUS = {InvalidInputError.__name__: 400, RequestLimitError.__name__: 413}
 
@@ -60,6 +71,8 @@ class EdgeSettings:
     max_docs_per_request: int = 2048
     max_pending_per_replica: int = 256
     drain_seconds: float = 30.0
+    max_search_limit: int = 1000
+    request_body_seconds: float = 30.0
 
     def __post_init__(self):
         for name, value in vars(self).items():
@@ -128,35 +141,78 @@ class Edge:
     # --- requests, as jina's streamer hands them to the executors ---
 
     def admitting(self, handle_request: Callable) -> Callable:
-        """jina's streamer request handler, answering a request over `max_docs_per_request` with an
-        error of its own (`refused_here`) and counting the others while the executors have them."""
+        """jina's streamer request handler, answering at the door a request that breaks a rule
+        (`problem`) or carries no documents (jina would never answer it), and counting the others
+        while the executors have them."""
 
         def handle(request, return_type):
             if request.header.exec_endpoint == __dry_run_endpoint__:  # a probe, not a client's request
                 return handle_request(request=request, return_type=return_type)
-            documents = _document_count(request)
-            if documents > self.settings.max_docs_per_request:
-                return _answered_now(_failed(request, self._too_many(documents))), None
+            refused = self.problem(request)
+            if refused is not None:
+                return _answered_now(_at_the_door(_failed(request, refused))), None
+            if not _top_level_count(request):
+                return _answered_now(_at_the_door(request)), None  # an empty result, as the executors would give
             responses, floating = handle_request(request=request, return_type=return_type)
-            self.pending += 1
-            responses.add_done_callback(self._answered)
-            return asyncio.ensure_future(_without_frames(responses)), floating
+            return asyncio.ensure_future(self._pending_while(responses)), floating
 
         return handle
 
-    def _answered(self, _future) -> None:
-        self.pending -= 1
+    async def _pending_while(self, responses: asyncio.Future):
+        """The executors' response, counted as pending until the call ends however it ends
+        (answered, failed, cancelled with its client); a network error loses the frames that
+        jina's HTTP app would send."""
+        self.pending += 1
+        try:
+            return await responses
+        except InternalNetworkError as error:
+            error.og_exception.__traceback__ = None
+            raise
+        finally:
+            self.pending -= 1
 
-    def _too_many(self, documents: int) -> str:
-        return (
-            f'the request has {documents:,} documents, over max_docs_per_request '
-            f'({self.settings.max_docs_per_request:,}): send them in smaller requests'
-        )
+    def problem(self, request) -> ClipServerError | None:
+        """Why `request` may not reach the executors, checked on the request as it came: a target
+        executor, documents past the limits (at every depth), parameters of the wrong kind."""
+        if request.header.target_executor:
+            return InvalidInputError(
+                f'targetExecutor ({request.header.target_executor[:64]!r}) is not accepted: '
+                'every request goes through the whole Flow'
+            )
+        try:
+            documents = _document_count(request)
+            parameters = request.parameters
+        except _TooDeep:
+            return InvalidInputError(f'documents nest chunks or matches more than {MAX_NESTING} levels deep')
+        except Exception as error:  # an undecodable message is the client's, not the server's
+            return InvalidInputError(f'the request cannot be read: {type(error).__name__}')
+        if documents > self.settings.max_docs_per_request:
+            return RequestLimitError(
+                f'the request has {documents:,} documents (chunks and matches included), over '
+                f'max_docs_per_request ({self.settings.max_docs_per_request:,}): send them in smaller requests'
+            )
+        return self._parameters_problem(parameters)
+
+    def _parameters_problem(self, parameters: dict) -> ClipServerError | None:
+        for name in ('access_paths', 'traversal_paths'):
+            value = parameters.get(name)
+            if value is not None and not (isinstance(value, str) and len(value) <= 64):
+                return InvalidInputError(f'parameter {name} must be a docarray path such as "@r,c", got {value!r:.64}')
+        if 'limit' in parameters:
+            limit, most = parameters['limit'], self.settings.max_search_limit
+            if isinstance(limit, float) and limit.is_integer():
+                limit = int(limit)  # JSON and protobuf's Struct carry every number as a float
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                return InvalidInputError(f'parameter limit must be a positive integer, got {limit!r:.64}')
+            if limit > most:
+                return RequestLimitError(f'parameter limit is {limit:,}, over max_search_limit ({most:,})')
+        return None
 
     @staticmethod
     def refused_here(response) -> bool:
-        """Whether `admitting` answered this request itself (jina's metrics never saw it start)."""
-        return response.header.status.exception.name == RequestLimitError.__name__
+        """Whether `admitting` answered this request itself (jina's metrics never saw it start):
+        jina routes every request it handles through a route named after the gateway."""
+        return not any(route.executor == GATEWAY_NAME for route in response.routes)
 
     def on_result(self, response) -> None:
         """Ask HTTP for the status that fits a failed request (`ERROR_STATUS`)."""
@@ -225,32 +281,46 @@ def _answered_now(response) -> asyncio.Future:
     return future
 
 
-def _failed(request, message: str):
-    """`request`, emptied, as an error response: the client gets `message` as the request's error."""
+def _failed(request, error: ClipServerError):
+    """`request`, emptied, as an error response: the client gets the error's name and message."""
     request.data.docs = DocumentArray()
     status = request.header.status
     status.code = status.ERROR
-    status.description = message
-    status.exception.name = RequestLimitError.__name__
-    status.exception.args.append(message)
+    status.description = str(error)
+    status.exception.name = type(error).__name__
+    status.exception.args.append(str(error))
     return request
 
 
-async def _without_frames(responses: asyncio.Future):
-    """The executors' response; a network error loses the frames that jina's HTTP app would send."""
-    try:
-        return await responses
-    except InternalNetworkError as error:
-        error.og_exception.__traceback__ = None
-        raise
+def _at_the_door(request):
+    """`request` as its own answer, without the routes a client may have sent (`refused_here`)."""
+    del request.routes[:]
+    return request
 
 
-def _document_count(request) -> int:
-    """Documents in a request, with the matches and chunks that the executors encode too."""
+class _TooDeep(Exception):
+    """Documents nested past MAX_NESTING."""
+
+
+def _top_level_count(request) -> int:
     data = request.proto_with_data.data
     if data.WhichOneof('documents') == 'docs_bytes':
         return len(request.docs)
-    return sum(1 + len(doc.matches) + len(doc.chunks) for doc in data.docs.docs)
+    return len(data.docs.docs)
+
+
+def _document_count(request) -> int:
+    """Documents in a request at every depth (the executors' access paths may reach any of them),
+    counted without recursion; `_TooDeep` past MAX_NESTING levels."""
+    data = request.proto_with_data.data
+    top = request.docs if data.WhichOneof('documents') == 'docs_bytes' else data.docs.docs
+    count, level = 0, list(top)
+    for _depth in range(MAX_NESTING + 1):
+        count += len(level)
+        level = [child for doc in level for child in (*doc.chunks, *doc.matches)]
+        if not level:
+            return count
+    raise _TooDeep
 
 
 # --- gRPC ---
@@ -264,7 +334,13 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
-        if handler is None or not details.method.startswith(DATA_RPC_PREFIXES):
+        if handler is None:
+            return handler
+        if details.method.startswith(UNSERVED_RPC_PREFIXES):
+            return aborting(handler, grpc.StatusCode.UNIMPLEMENTED, 'single-document streaming is not served here')
+        if details.method == STATUS_RPC:
+            return with_behavior(handler, _anonymous_status)
+        if not details.method.startswith(DATA_RPC_PREFIXES):
             return handler
         refusal = self._edge.refusal(carries_documents=not details.method.startswith(_DISCOVERY))
         if refusal is not None:
@@ -288,6 +364,11 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                 return await behavior(request, context)
 
         return answered
+
+
+async def _anonymous_status(request, context) -> jina_pb2.JinaInfoProto:
+    """jina's `_status` without its versions, environment and addresses (`STATUS_BODY`)."""
+    return jina_pb2.JinaInfoProto()
 
 
 def _behavior(handler: grpc.RpcMethodHandler) -> Callable:
@@ -331,6 +412,8 @@ class EdgeMiddleware:
         kind = scope['type']
         if kind == 'http' and scope['path'] in PROBE_PATHS:
             return await self._probe(scope['path'], send)
+        if kind == 'http' and scope['path'] == STATUS_PATH:
+            return await send_json(send, 200, STATUS_BODY)
         if kind not in ('http', 'websocket'):
             return await self.app(scope, receive, send)
         refusal = self._edge.refusal(carries_documents=kind == 'websocket' or scope['method'] != 'GET')
@@ -339,7 +422,8 @@ class EdgeMiddleware:
         with self._edge.call():
             if kind == 'websocket':
                 return await self.app(scope, receive, send)
-            body = await _body_within(receive, scope, self._edge.settings.max_request_bytes)
+            settings = self._edge.settings
+            body = await _body_within(receive, scope, settings.max_request_bytes, settings.request_body_seconds)
             if isinstance(body, Refusal):
                 return await _refuse(scope, send, body)
             if body is not None:  # else the client went away while sending it
@@ -366,22 +450,31 @@ class EdgeMiddleware:
         await send_json(send, status, body)
 
 
-async def _body_within(receive, scope, limit: int) -> bytes | Refusal | None:
-    """The whole request body, or a 413 refusal as soon as it is known to pass `limit` bytes."""
+async def _body_within(receive, scope, limit: int, seconds: float = 30.0) -> bytes | Refusal | None:
+    """The whole request body; a 413 refusal as soon as it is known to pass `limit` bytes, a 408 one
+    when it takes longer than `seconds` to arrive (a `Content-Length` larger than what is sent)."""
     declared = dict(scope.get('headers', [])).get(b'content-length')
     if declared is not None and declared.isdigit() and int(declared) > limit:
         return _too_large(int(declared), limit)
     chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message['type'] != 'http.request':
-            return None
-        chunks.append(message.get('body', b''))
-        size += len(chunks[-1])
-        if size > limit:
-            return _too_large(size, limit, at_least=True)
-        if not message.get('more_body', False):
-            return b''.join(chunks)
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                message = await receive()
+                if message['type'] != 'http.request':
+                    return None
+                chunks.append(message.get('body', b''))
+                size += len(chunks[-1])
+                if size > limit:
+                    return _too_large(size, limit, at_least=True)
+                if not message.get('more_body', False):
+                    return b''.join(chunks)
+    except TimeoutError:
+        return Refusal(
+            408,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f'the request body did not arrive within request_body_seconds ({seconds:g}): {size:,} bytes came',
+        )
 
 
 def _too_large(size: int, limit: int, at_least: bool = False) -> Refusal:

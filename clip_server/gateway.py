@@ -19,6 +19,7 @@ import asyncio
 import json
 from collections.abc import Callable
 
+from fastapi.middleware.cors import CORSMiddleware
 from jina.serve.runtimes.gateway.composite import CompositeGateway
 from jina.serve.runtimes.gateway.grpc import GRPCGateway
 from jina.serve.runtimes.gateway.http import HTTPGateway
@@ -52,11 +53,20 @@ class _ClipEdge:
         max_docs_per_request: int = DEFAULTS.max_docs_per_request,
         max_pending_per_replica: int = DEFAULTS.max_pending_per_replica,
         drain_seconds: float = DEFAULTS.drain_seconds,
+        max_search_limit: int = DEFAULTS.max_search_limit,
+        request_body_seconds: float = DEFAULTS.request_body_seconds,
         fetch_images: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        settings = EdgeSettings(max_request_bytes, max_docs_per_request, max_pending_per_replica, drain_seconds)
+        settings = EdgeSettings(
+            max_request_bytes,
+            max_docs_per_request,
+            max_pending_per_replica,
+            drain_seconds,
+            max_search_limit,
+            request_body_seconds,
+        )
         deployments = json.loads(self.runtime_args.deployments_addresses or '{}')
         self.edge = Edge(settings, deployments, self.logger)
         handler = self._request_handler  # shared by every protocol's server
@@ -66,7 +76,8 @@ class _ClipEdge:
         streamer._request_handler = self.edge.admitting(streamer._request_handler)
         streamer._result_handler = without_tracebacks(streamer._result_handler, self.edge, self.logger)
         tokens = configured_tokens(auth_tokens, auth_tokens_env)
-        interceptors = [EdgeInterceptor(self.edge), *([TokenInterceptor(tokens)] if tokens else [])]
+        # the first is outermost: a call without a token is refused before the edge looks at it
+        interceptors = [*([TokenInterceptor(tokens)] if tokens else []), EdgeInterceptor(self.edge)]
         for server in self._servers():
             if isinstance(server, GRPCServer):
                 existing = server.grpc_tracing_server_interceptors or []
@@ -113,9 +124,18 @@ def _customize_apps(handler, edge: Edge, tokens: tuple[str, ...], openai_routes:
             app.add_middleware(EdgeMiddleware, edge=edge)
             if tokens:  # added last, so it runs first: no body is read for a client without a token
                 app.add_middleware(TokenMiddleware, tokens=tokens)
+            _cors_outermost(app)
             return app
 
         setattr(handler, name, customized)
+
+
+def _cors_outermost(app) -> None:
+    """jina adds CORS (`cors: true`) before these middlewares, so it would run inside them: their
+    401, 413, 429 and 503 answers would carry no CORS headers, and a browser would see only a
+    network error. Starlette runs `user_middleware` first to last, outermost first."""
+    cors = [entry for entry in app.user_middleware if entry.cls is CORSMiddleware]
+    app.user_middleware[:] = cors + [entry for entry in app.user_middleware if entry.cls is not CORSMiddleware]
 
 
 class ClipGateway(_ClipEdge, CompositeGateway):

@@ -54,32 +54,106 @@ def test_new_calls_are_refused_while_draining_or_over_the_bound():
     assert guard.refusal(carries_documents=False) is DRAINING
 
 
-def test_documents_are_counted_with_matches_and_chunks():
+def test_documents_are_counted_with_matches_and_chunks_at_every_depth():
     query = Document(text='q', matches=[Document(text='a'), Document(text='b')], chunks=[Document(text='c')])
-    assert edge._document_count(request_with(DocumentArray([query, Document(text='d')]))) == 5
+    deep = Document(chunks=[Document(chunks=[Document(text=str(i)) for i in range(5)])])
+    assert edge._document_count(request_with(DocumentArray([query, Document(text='d'), deep]))) == 12
 
 
-def test_a_request_over_max_docs_is_answered_with_an_error_naming_the_limit():
+def nested(depth: int) -> Document:
+    doc = Document(text='leaf')
+    for _ in range(depth):
+        doc = Document(chunks=[doc])
+    return doc
+
+
+def held_by_executors(sent: list):
+    """A stand-in for jina's request handler: each request's response waits until the test sets it."""
+
+    def to_executors(request, return_type):
+        future = asyncio.get_running_loop().create_future()
+        sent.append((request, future))
+        return future, None
+
+    return to_executors
+
+
+async def admit(guard: Edge, request, sent: list):
+    """Hand `request` to the edge; a response the executors would give is answered at once."""
+    answer, _ = guard.admitting(held_by_executors(sent))(request, DocumentArray)
+    await asyncio.sleep(0)
+    if sent and not sent[-1][1].done():
+        sent[-1][1].set_result(request)
+    return await answer
+
+
+@pytest.mark.parametrize(
+    ('docs', 'parameters', 'target', 'status', 'message'),
+    [
+        ([Document(text=str(i)) for i in range(4)], {}, '', 'RequestLimitError', 'the request has 4 documents'),
+        ([Document(chunks=[Document(text=str(i)) for i in range(3)])], {}, '', 'RequestLimitError', '4 documents'),
+        ([nested(edge.MAX_NESTING + 1)], {}, '', 'InvalidInputError', 'more than 4 levels deep'),
+        ([Document(text='a')], {}, 'index', 'InvalidInputError', "targetExecutor \\('index'\\) is not accepted"),
+        ([Document(text='a')], {'limit': 10**9}, '', 'RequestLimitError', 'over max_search_limit \\(1,000\\)'),
+        ([Document(text='a')], {'limit': 0}, '', 'InvalidInputError', 'limit must be a positive integer, got 0'),
+        ([Document(text='a')], {'limit': 'ten'}, '', 'InvalidInputError', "got 'ten'"),
+        ([Document(text='a')], {'access_paths': 5}, '', 'InvalidInputError', 'access_paths must be a docarray path'),
+        ([Document(text='a')], {'traversal_paths': ['@r']}, '', 'InvalidInputError', 'traversal_paths must be'),
+    ],
+    ids=[
+        'top-level',
+        'chunks',
+        'too-deep',
+        'target-executor',
+        'limit-huge',
+        'limit-zero',
+        'limit-text',
+        'paths-int',
+        'paths-list',
+    ],
+)
+def test_a_request_that_breaks_a_rule_is_answered_at_the_door(docs, parameters, target, status, message):
     async def run():
-        guard = make_edge(max_docs_per_request=3)
-        sent = []
-
-        def to_executors(request, return_type):
-            sent.append(request)
-            future = asyncio.get_running_loop().create_future()
-            future.set_result(request)
-            return future, None
-
-        handle = guard.admitting(to_executors)
-        refused, _ = handle(request_with(DocumentArray([Document(text=str(i)) for i in range(4)])), DocumentArray)
-        response = await refused
+        guard, sent = make_edge(max_docs_per_request=3), []
+        request = request_with(DocumentArray(docs))
+        request.parameters = parameters
+        request.header.target_executor = target
+        response = await admit(guard, DataRequest(request.proto.SerializeToString()), sent)
         assert sent == [] and guard.refused_here(response) and len(response.docs) == 0
-        assert 'the request has 4 documents, over max_docs_per_request (3)' in response.header.status.description
-        admitted, _ = handle(request_with(DocumentArray([Document(text='ok')])), DocumentArray)
-        assert guard.pending == 1
-        await admitted
-        await asyncio.sleep(0)  # the done-callback runs
-        assert len(sent) == 1 and guard.pending == 0
+        assert response.header.status.exception.name == status
+        assert re.search(message, response.header.status.description)
+        assert guard.pending == 0
+
+    asyncio.run(run())
+
+
+def test_a_request_without_documents_is_answered_empty_at_the_door():
+    """jina never answers one: the edge does, so it never counts as pending."""
+
+    async def run():
+        guard, sent = make_edge(), []
+        response = await admit(guard, request_with(DocumentArray()), sent)
+        assert sent == [] and guard.refused_here(response)
+        assert response.header.status.code == response.header.status.SUCCESS and len(response.docs) == 0
+        assert guard.pending == 0
+
+    asyncio.run(run())
+
+
+def test_pending_counts_a_request_until_its_call_ends_however_it_ends():
+    async def run():
+        guard, sent = make_edge(), []
+        handle = guard.admitting(held_by_executors(sent))
+        answered, _ = handle(request_with(DocumentArray([Document(text='ok')])), DocumentArray)
+        abandoned, _ = handle(request_with(DocumentArray([Document(text='gone')])), DocumentArray)
+        await asyncio.sleep(0)
+        assert guard.pending == 2
+        sent[0][1].set_result(sent[0][0])
+        response = await answered
+        assert not guard.refused_here(response) or not response.routes  # a plain response, passed on
+        abandoned.cancel()  # the client went away; jina's own future never resolves
+        await asyncio.sleep(0)
+        assert guard.pending == 0
 
     asyncio.run(run())
 
@@ -135,5 +209,7 @@ def test_the_documented_gateway_options_match_the_code():
         'max_docs_per_request',
         'max_pending_per_replica',
         'drain_seconds',
+        'max_search_limit',
+        'request_body_seconds',
     }
     assert {name: float(value) for name, value in documented.items()} == code

@@ -78,6 +78,7 @@ class OpenAIRoutes:
             _check_model(body, served)
             encoding = _encoding_format(body)
             docs = await asyncio.to_thread(self._documents, _items(body, self._max_items))
+            await self._fetch_images(docs)
             encoded = await self._encode(docs)
         except OpenAIError as error:
             return error.response()
@@ -105,6 +106,20 @@ class OpenAIRoutes:
                 raise OpenAIError(ERROR_STATUS.get(status.exception.name, 500), message, 'input')
             return response
         raise OpenAIError(500, 'the executors sent no response')
+
+    async def _fetch_images(self, docs: DocumentArray) -> None:
+        """Each image URL's bytes into its document, the URLs fetched side by side (up to
+        fetch_images.max_concurrent); a refusal names the item. A URL left unfetched would be refused
+        by the encoder, which fetches nothing."""
+
+        async def fetch_into(doc: Document) -> None:
+            try:
+                doc.blob = await self._fetching.fetch_async(doc.uri)
+            except InvalidInputError as exc:
+                raise OpenAIError(400, f'{doc.id}: {exc}', 'input') from exc
+            doc.uri = ''
+
+        await asyncio.gather(*(fetch_into(doc) for doc in docs if doc.uri.startswith(('http://', 'https://'))))
 
     def _documents(self, items: list) -> DocumentArray:
         """One document per item, id `input[i]` so that errors name the item."""
@@ -138,7 +153,7 @@ class OpenAIRoutes:
         if image.startswith('data:'):
             raise InvalidInputError(f'an image data URI must start with data:image/, not {image[:30]!r}')
         if image.startswith(('http://', 'https://')):
-            return Document(id=doc_id, blob=self._fetching.fetch(image))
+            return Document(id=doc_id, uri=image)  # fetched by _fetch_images, with the request's other URLs
         try:
             return Document(id=doc_id, blob=base64.b64decode(image, validate=True))
         except (binascii.Error, ValueError) as exc:

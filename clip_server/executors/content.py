@@ -27,11 +27,22 @@ class ContentLimits:
     Texts are cut to the model's context anyway; `max_text_chars` only stops absurd payloads.
     `max_image_pixels` stops decompression bombs (small files that decode to huge images)
     before any pixel is decoded.
+
+    `max_image_aspect_ratio` bounds the model's resize, which costs what it outputs, not what
+    was decoded: open_clip's transform scales the short side to the model's input size S and
+    only then crops the center, so an image whose long side is R times its short side becomes
+    S x R*S pixels first (a 178-byte 100000x1 PNG would take 224 x 22,400,000: 5 GB). At the
+    default 100 that output stays under 100*S^2 pixels: 5 M at 224, 20 M at 448 (20 and 80 MB),
+    checked with the pixel count, before decoding. Cropping before resizing would bound it at any
+    ratio, but PIL's resize of a box of the source does not give resize-then-crop's pixels bit for
+    bit (its box corners are float32 and its pass order depends on the sizes), and served
+    embeddings must equal open_clip's.
     """
 
     max_image_bytes: int = 32 * 2**20  # 32 MiB of encoded image
     max_image_pixels: int = 64_000_000  # 8000x8000; a 12 MP phone photo is 4032x3024
     max_text_chars: int = 100_000
+    max_image_aspect_ratio: int = 100  # long side over short side; phone panoramas stay under 10
 
     def __post_init__(self):
         for name, value in vars(self).items():
@@ -51,10 +62,17 @@ class ContentLimits:
         return data
 
     def check_pixels(self, width: int, height: int) -> None:
+        """Refuse an image by its size alone, before its pixels are decoded or resized."""
         if width * height > self.max_image_pixels:
             raise InvalidInputError(
                 f'image is too large: {width}x{height} = {width * height:,} pixels, '
                 f'over max_image_pixels ({self.max_image_pixels:,})'
+            )
+        short, long = sorted((width, height))
+        if long > self.max_image_aspect_ratio * short:
+            raise InvalidInputError(
+                f'image is too elongated: {width}x{height}, its long side {long / short:,.1f} times its short side, '
+                f'over max_image_aspect_ratio ({self.max_image_aspect_ratio})'
             )
 
 

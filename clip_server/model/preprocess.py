@@ -37,6 +37,12 @@ class Preprocessor:
     Normalize, run in numpy with the same float32 arithmetic (identical pixels). torch would
     run them on its intra-op threads, which the model's forward pass is using at the same
     time: the preprocessing workers and the model then fight over the cores.
+
+    The resize costs what it outputs: the short side goes to the input size S before the crop,
+    so an image R times longer than wide becomes S x R*S pixels first. Client images come
+    through `ContentLimits` (`clip_server.executors.content`), whose `max_image_aspect_ratio`
+    bounds R before they are decoded; so every model's resize (shortest side, squash, longest)
+    stays small.
     """
 
     def __init__(self, tokenizer: Tokenizer, transform):

@@ -7,6 +7,7 @@ from PIL import Image
 
 from clip_server.executors.content import ContentLimits, bytes_from_data_uri, image_from_array, image_from_bytes
 from clip_server.model.factory import preprocessor as model_preprocessor
+from clip_server.model.preprocess import Preprocessor
 from clip_server.model.registry import resolve
 from clip_server.types import ConfigurationError, InvalidInputError
 from helpers import encoded, sample_image
@@ -30,6 +31,25 @@ def test_image_modes_match_open_clip(mode, preprocessor, open_clip_transform):
     pixels = preprocessor.pixels(image)
     assert pixels.shape == (3, 224, 224) and pixels.dtype == np.float32
     np.testing.assert_array_equal(pixels, open_clip_transform(image).numpy())
+
+
+# strips at the aspect-ratio limit (100), near-square, odd, and smaller than the input (upscaled)
+SERVED_SIZES = [(1, 100), (100, 1), (3, 300), (300, 3), (2, 199), (224, 225), (225, 224), (223, 224)]
+SERVED_SIZES += [(97, 61), (61, 97), (7, 5), (1, 1), (1001, 999)]
+
+
+@pytest.mark.parametrize('interpolation', ['bicubic', 'bilinear'])
+@pytest.mark.parametrize('resize_mode', ['shortest', 'squash', 'longest'])
+@pytest.mark.parametrize('size', SERVED_SIZES)
+def test_every_servable_shape_gets_open_clips_pixels(size, resize_mode, interpolation):
+    """Whatever the shape the limits let through, the image mode and the pretrained config's
+    resizing, the served pixels are open_clip's own, bit for bit."""
+    transform = open_clip.image_transform(224, is_train=False, resize_mode=resize_mode, interpolation=interpolation)
+    pixels_of = Preprocessor(None, transform).pixels  # no tokenizer: pixels only
+    for mode in ('RGB', 'L', 'RGBA', 'P'):
+        image = image_from_bytes(encoded(sample_image(seed=sum(size), size=size, mode=mode)))  # as the server reads it
+        assert image.size == size and image.mode == mode
+        np.testing.assert_array_equal(pixels_of(image), transform(image).numpy(), err_msg=mode)
 
 
 @pytest.mark.parametrize('fmt', ['JPEG', 'PNG', 'WEBP', 'GIF', 'BMP', 'TIFF'])

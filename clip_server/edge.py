@@ -35,6 +35,7 @@ from jina.proto import jina_pb2
 from jina.serve.executors import __dry_run_endpoint__
 from jina.serve.networking.utils import send_health_check_async
 
+from clip_server.internal_auth import aborting, behavior_of, with_behavior
 from clip_server.types import ClipServerError, ConfigurationError, InvalidInputError, RequestLimitError
 
 MiB = 2**20
@@ -59,6 +60,8 @@ STATUS_RPC = '/jina.JinaInfoRPC/_status'
 # The most levels of chunks and matches under a top-level document that a request may carry: the
 # encoder reaches two (`access_paths: '@cc'`, a query's matches), and deeper nesting only costs.
 MAX_NESTING = 4
+# What a malformed request body makes jina's HTTP app raise while reading it (`EdgeMiddleware`).
+_MALFORMED = (ValueError, TypeError, KeyError, RecursionError)
 # The HTTP status of a request that failed with one of these errors; any other error is a 500.
 ERROR_STATUS = {InvalidInputError.__name__: 400, RequestLimitError.__name__: 413}
 
@@ -348,7 +351,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         return with_behavior(handler, self._counted(handler))
 
     def _counted(self, handler: grpc.RpcMethodHandler) -> Callable:
-        behavior = _behavior(handler)
+        behavior = behavior_of(handler)
         edge = self._edge
         if inspect.isasyncgenfunction(behavior):
 
@@ -369,34 +372,6 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
 async def _anonymous_status(request, context) -> jina_pb2.JinaInfoProto:
     """jina's `_status` without its versions, environment and addresses (`STATUS_BODY`)."""
     return jina_pb2.JinaInfoProto()
-
-
-def _behavior(handler: grpc.RpcMethodHandler) -> Callable:
-    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-
-
-def with_behavior(handler: grpc.RpcMethodHandler, behavior: Callable) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` (unary or streaming each way) running `behavior`."""
-    if handler.unary_unary:
-        make = grpc.unary_unary_rpc_method_handler
-    elif handler.unary_stream:
-        make = grpc.unary_stream_rpc_method_handler
-    elif handler.stream_unary:
-        make = grpc.stream_unary_rpc_method_handler
-    else:
-        make = grpc.stream_stream_rpc_method_handler
-    return make(
-        behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-    )
-
-
-def aborting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that answers `code` with `message`."""
-
-    async def abort(request, context):
-        await context.abort(code, message)
-
-    return with_behavior(handler, abort)
 
 
 # --- HTTP and WebSocket (ASGI) ---
@@ -433,17 +408,35 @@ class EdgeMiddleware:
         """Run the app, replacing the 200 that jina answers an executor's error with the status that
         the request's outcome asked for."""
         asked: list[int] = []
+        started = False
         token = _http_status.set(asked)
         try:
 
             async def send_with_status(message):
-                if message['type'] == 'http.response.start' and asked and message['status'] == 200:
-                    message = {**message, 'status': asked[-1]}
+                nonlocal started
+                if message['type'] == 'http.response.start':
+                    started = True
+                    if asked and message['status'] == 200:
+                        message = {**message, 'status': asked[-1]}
                 await send(message)
 
             await self.app(scope, receive, send_with_status)
+        except Exception as error:
+            if started:  # too late for a status: the connection just ends
+                raise
+            await self._unreadable(scope, send, error)
         finally:
             _http_status.reset(token)
+
+    async def _unreadable(self, scope, send, error: Exception) -> None:
+        """jina's HTTP app raises while it turns a malformed body into documents (a NaN pixel
+        array, invalid base64, a lone surrogate): Starlette would answer a bare 500. It is the
+        request's fault: 400, naming the error's kind; the traceback stays in the server's log."""
+        status = 400 if isinstance(error, _MALFORMED) else 500
+        self._edge.logger.warning(f'{scope["method"]} {scope["path"]}: {status}, {error!r}', exc_info=error)
+        reason = (str(error).strip().splitlines() or [''])[0][:160]  # parsers' words: what, not where
+        message = f'the request cannot be read: {type(error).__name__}: {reason}' if status == 400 else 'internal error'
+        await send_json(send, status, error_body(scope['path'], status, message))
 
     async def _probe(self, path: str, send) -> None:
         status, body = (200, {'live': True}) if path == '/health/live' else self._edge.readiness()

@@ -14,8 +14,14 @@ YAML sets it.
 Every Flow is served through one of `clip_server.gateway`'s gateways (jina's own, with executor
 tracebacks kept out of responses) unless its `gateway:` names a gateway of its own with `uses:`.
 
+Executors listen on loopback unless the YAML says otherwise (`host:` on the executor, a container
+`uses: docker://...`, or `external: true`): jina would bind them to every interface, and a client
+could then reach them around the gateway's token and limits (`clip_server.internal_auth` guards
+them too).
+
 The YAML is edited as a node tree, so that jina's own tags (`!CLIPEncoder`) and `${{ ENV.X }}`
-placeholders pass through untouched.
+placeholders pass through untouched, and jina is always given it re-serialized with `jtype:`
+first: jina reads a Flow's first lines on its own to tell what it is, and fails on others.
 """
 
 import yaml
@@ -24,16 +30,37 @@ import yaml
 GATEWAY_ONLY_KEYS = ('ssl_certfile', 'ssl_keyfile', 'uvicorn_kwargs')
 
 
-def adjusted_flow_yaml(root: yaml.MappingNode, text: str) -> str:
-    """The YAML text that jina should load for the Flow `root` (composed from `text`).
+#: Where executors listen when the YAML does not say: this machine only.
+LOOPBACK = '127.0.0.1'
 
-    `text` itself comes back when nothing needs adjusting, so that jina's messages keep the
-    user's own lines.
-    """
-    moved = move_gateway_keys(root)
-    bounded = bound_tls_shutdown(root)
-    ours = use_clip_gateway(root)
-    return yaml.serialize(root) if moved or bounded or ours else text
+
+def adjusted_flow_yaml(root: yaml.MappingNode) -> str:
+    """The YAML text that jina should load for the Flow `root`."""
+    move_gateway_keys(root)
+    bound_tls_shutdown(root)
+    use_clip_gateway(root)
+    bind_executors_to_loopback(root)
+    root.value.sort(key=lambda pair: pair[0].value != 'jtype')  # stable: only jtype moves
+    return yaml.serialize(root)
+
+
+def bind_executors_to_loopback(root: yaml.MappingNode) -> list[str]:
+    """Give each local executor without a `host:` the loopback address; the names of those bound."""
+    executors = _get(root, 'executors')
+    if not isinstance(executors, yaml.SequenceNode):
+        return []
+    bound = []
+    for executor in executors.value:
+        if not isinstance(executor, yaml.MappingNode) or _get(executor, 'host') is not None:
+            continue
+        uses, external = _get(executor, 'uses'), _get(executor, 'external')
+        in_container = isinstance(uses, yaml.ScalarNode) and '://' in str(uses.value)
+        if in_container or (isinstance(external, yaml.ScalarNode) and external.value.lower() in ('true', 'yes')):
+            continue
+        _set(executor, 'host', yaml.ScalarNode(_STR, LOOPBACK))
+        name = _get(executor, 'name')
+        bound.append(name.value if isinstance(name, yaml.ScalarNode) else '?')
+    return bound
 
 
 def move_gateway_keys(root: yaml.MappingNode) -> bool:

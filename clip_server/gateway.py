@@ -20,6 +20,7 @@ import json
 from collections.abc import Callable
 
 from fastapi.middleware.cors import CORSMiddleware
+from jina.proto import jina_pb2
 from jina.serve.runtimes.gateway.composite import CompositeGateway
 from jina.serve.runtimes.gateway.grpc import GRPCGateway
 from jina.serve.runtimes.gateway.http import HTTPGateway
@@ -29,6 +30,7 @@ from jina.serve.runtimes.servers.websocket import WebSocketServer
 
 from clip_server.auth import TokenInterceptor, TokenMiddleware, configured_tokens
 from clip_server.edge import Edge, EdgeInterceptor, EdgeMiddleware, EdgeSettings
+from clip_server.internal_auth import send_internal_token
 from clip_server.openai_api import OpenAIRoutes
 from clip_server.remote_images import ImageFetching
 
@@ -75,6 +77,8 @@ class _ClipEdge:
         streamer = handler.streamer._streamer
         streamer._request_handler = self.edge.admitting(streamer._request_handler)
         streamer._result_handler = without_tracebacks(streamer._result_handler, self.edge, self.logger)
+        send_internal_token(handler.streamer.topology_graph)
+        handler.endpoint_discovery = _endpoint_discovery(handler.streamer)
         tokens = configured_tokens(auth_tokens, auth_tokens_env)
         # the first is outermost: a call without a token is refused before the edge looks at it
         interceptors = [*([TokenInterceptor(tokens)] if tokens else []), EdgeInterceptor(self.edge)]
@@ -128,6 +132,22 @@ def _customize_apps(handler, edge: Edge, tokens: tuple[str, ...], openai_routes:
             return app
 
         setattr(handler, name, customized)
+
+
+def _endpoint_discovery(streamer) -> Callable:
+    """The gateway's gRPC endpoint discovery, asking the executors for their endpoints.
+
+    jina 3.27.0's own first asks its docarray-v2 schema map, which with docarray v1 fails on every
+    call (AttributeError: 'NoneType' object has no attribute '__name__'); its fallback, this, works.
+    """
+
+    async def endpoint_discovery(empty, context) -> jina_pb2.EndpointsProto:
+        endpoints = await streamer.topology_graph._get_all_endpoints(
+            streamer._connection_pool, retry_forever=False, is_cancel=None
+        )
+        return jina_pb2.EndpointsProto(endpoints=sorted(endpoints))
+
+    return endpoint_discovery
 
 
 def _cors_outermost(app) -> None:

@@ -169,6 +169,8 @@ def _text(doc_id: str, text: str) -> Document:
 def _json_object(raw: bytes) -> dict:
     try:
         body = json.loads(raw)
+    except RecursionError as exc:  # Python's parser recurses per level: [[[[...]]]] runs out of stack
+        raise OpenAIError(400, 'the request body is not valid JSON: nested too deeply') from exc
     except ValueError as exc:
         raise OpenAIError(400, f'the request body is not valid JSON: {exc}') from exc
     if not isinstance(body, dict):

@@ -73,6 +73,7 @@ class CLIPEncoderBase(Executor):
         max_image_bytes: int = DEFAULT_LIMITS.max_image_bytes,
         max_image_pixels: int = DEFAULT_LIMITS.max_image_pixels,
         max_text_chars: int = DEFAULT_LIMITS.max_text_chars,
+        max_image_aspect_ratio: int = DEFAULT_LIMITS.max_image_aspect_ratio,
         **kwargs: Any,
     ):
         self._refuse_unknown_parameters(kwargs)
@@ -81,7 +82,7 @@ class CLIPEncoderBase(Executor):
             raise ConfigurationError(f'minibatch_size must be at least 1, got {minibatch_size}')
         if num_worker_preprocess < 1:
             raise ConfigurationError(f'num_worker_preprocess must be at least 1, got {num_worker_preprocess}')
-        self._limits = ContentLimits(max_image_bytes, max_image_pixels, max_text_chars)
+        self._limits = ContentLimits(max_image_bytes, max_image_pixels, max_text_chars, max_image_aspect_ratio)
         if traversal_paths is not None:
             self.logger.warning('`traversal_paths` is deprecated; use `access_paths` instead')
             access_paths = traversal_paths
@@ -147,7 +148,7 @@ class CLIPEncoderBase(Executor):
 
     @requests(on='/rank')
     def rank(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
-        queries = docs[self._paths(parameters)]
+        queries = self._selected(docs, parameters)
         everything = list(queries) + [match for query in queries for match in query.matches]
         failed = self._embed(everything, skip_empty=False)
         unread = {id(doc) for doc, _ in failed}
@@ -173,7 +174,7 @@ class CLIPEncoderBase(Executor):
 
     @requests
     def encode(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
-        targets = list(docs[self._paths(parameters)])
+        targets = list(self._selected(docs, parameters))
         failed = self._embed(targets, skip_empty=True, count_tokens=bool(parameters.get('count_tokens')))
         if parameters.get('drop_image_content', False):
             drop_image_content(targets)
@@ -184,8 +185,13 @@ class CLIPEncoderBase(Executor):
         self._pool.shutdown(wait=False, cancel_futures=True)
         super().close()
 
-    def _paths(self, parameters: dict) -> str:
-        return parameters.get('access_paths') or parameters.get('traversal_paths') or self._access_paths
+    def _selected(self, docs: DocumentArray, parameters: dict) -> DocumentArray:
+        """The documents that the request's access paths (else this executor's) select."""
+        paths = parameters.get('access_paths') or parameters.get('traversal_paths') or self._access_paths
+        try:
+            return docs[paths]
+        except Exception as exc:  # docarray's own words for a malformed path vary by kind
+            raise InvalidInputError(f'access_paths {paths!r:.64} is not a docarray path such as "@r,c"') from exc
 
     def _report(self, failed: list[Failure]) -> None:
         """Fail the request naming its unreadable documents, or, when jina batches documents of

@@ -64,7 +64,7 @@ class CLIPIndexer(Executor):
 
     @requests(on='/delete')
     def delete(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
-        ids = [doc.id for doc in docs] + [str(doc_id) for doc_id in parameters.get('ids', [])]
+        ids = [doc.id for doc in docs] + _ids(parameters.get('ids', []))
         removed = self._store.remove(ids)
         self.logger.info(f'deleted {removed} of {len(ids)} documents asked for')
         return docs
@@ -109,6 +109,15 @@ def _match(hit: Hit, query_id: str) -> Document:
         match.blob = bytes.fromhex(payload['blob'])
     match.scores['cosine'] = NamedScore(value=hit.cosine, op_name='cosine', ref_id=query_id)
     return match
+
+
+def _ids(value: Any) -> list[str]:
+    """`parameters.ids` of `/delete`: a list of ids (strings, or numbers taken as their text)."""
+    if not isinstance(value, list) or not all(
+        isinstance(i, str | int | float) and not isinstance(i, bool) for i in value
+    ):
+        raise InvalidInputError(f'parameter ids must be a list of document ids, got {value!r:.64}')
+    return [str(int(i)) if isinstance(i, float) and i.is_integer() else str(i) for i in value]
 
 
 def _positive_int(value: Any, name: str) -> int:

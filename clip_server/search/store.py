@@ -49,13 +49,29 @@ class Hit:
 
 
 def vectors_of(items: list[Item]) -> np.ndarray:
-    """The items' embeddings as float32 rows."""
-    return np.stack([np.asarray(item.vector, dtype=np.float32).reshape(-1) for item in items])
+    """The items' embeddings as float32 rows, each one a direction (`check_finite`)."""
+    rows = [np.asarray(item.vector, dtype=np.float32).reshape(-1) for item in items]
+    if len({row.size for row in rows}) > 1:
+        raise InvalidInputError("the documents' embeddings differ in size: send one model's embeddings")
+    vectors = np.stack(rows)
+    check_finite(vectors, [f'document {item.id}' for item in items])
+    return vectors
 
 
 def query_rows(queries: np.ndarray) -> np.ndarray:
-    """One query or several, as float32 rows."""
-    return np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    """One query or several, as float32 rows, each one a direction (`check_finite`)."""
+    rows = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    check_finite(rows, [f'query {i}' for i in range(len(rows))])
+    return rows
+
+
+def check_finite(rows: np.ndarray, names: list[str]) -> None:
+    """Refuse a row with NaN or infinity, or of length 0: its cosine with anything is NaN, which
+    would sort first or fail every later search, for good once stored."""
+    usable = np.isfinite(rows).all(axis=1) & (np.abs(rows).sum(axis=1) > 0)
+    if not usable.all():
+        bad = int(np.flatnonzero(~usable)[0])
+        raise InvalidInputError(f'{names[bad]} has an embedding with NaN, infinity or only zeros: not indexed')
 
 
 def check_dimension(held: int, given: int, where: str, remedy: str) -> None:
@@ -171,7 +187,7 @@ class VectorStore:
             self.dim = dim
             with self._transaction():
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(dim),))
-        check_dimension(self.dim, dim, f'the index at {self.folder}', 'give this model an index path of its own')
+        check_dimension(self.dim, dim, 'the index', 'give this model an index path of its own')  # no server paths
 
     def _stored_dim(self) -> int | None:
         row = self._db.execute("SELECT value FROM meta WHERE name = 'dim'").fetchone()

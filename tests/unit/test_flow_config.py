@@ -28,7 +28,7 @@ executors:
 
 
 def adjust(text: str) -> str:
-    return adjusted_flow_yaml(yaml.compose(text, Loader=yaml.SafeLoader), text)
+    return adjusted_flow_yaml(yaml.compose(text, Loader=yaml.SafeLoader))
 
 
 def test_tls_keys_reach_the_gateway_and_no_executor():
@@ -47,12 +47,12 @@ def test_without_the_adjustment_jina_hands_tls_to_the_executor():
     assert executor.ssl_certfile == 'cert.pem'
 
 
-def test_yaml_without_tls_but_with_its_own_gateway_is_passed_on_verbatim():
+def test_yaml_without_tls_but_with_its_own_gateway_keeps_it():
     text = SEED_TLS.replace('  uvicorn_kwargs:\n    ssl_keyfile_password: blahblah\n', '').replace(
         '  ssl_certfile: cert.pem\n  ssl_keyfile: key.pem\n', ''
     )
     own = text + 'gateway:\n  uses: MyGateway\n'
-    assert adjust(own) is own
+    assert yaml.safe_load(adjust(own))['gateway'] == {'uses': 'MyGateway'}
     assert yaml.safe_load(adjust(text))['gateway'] == {
         'uses': 'ClipHTTPGateway',
         'py_modules': ['clip_server.gateway'],
@@ -104,3 +104,28 @@ gateway:
 def test_a_gateway_section_that_is_not_a_mapping_is_an_error():
     with pytest.raises(ValueError, match='"gateway:" must be a mapping'):
         adjust(SEED_TLS + 'gateway: [1]\n')
+
+
+def test_local_executors_listen_on_loopback_unless_the_yaml_says_where():
+    text = SEED_TLS + """  - name: own_host
+    host: 0.0.0.0
+    uses: {jtype: InputErrors}
+  - name: in_a_container
+    uses: docker://clip-server:torch
+  - name: elsewhere
+    external: true
+    host: 10.0.0.7
+    port: 51001
+"""
+    executors = {e['name']: e.get('host') for e in yaml.safe_load(adjust(text))['executors']}
+    assert executors == {'clip_t': '127.0.0.1', 'own_host': '0.0.0.0', 'in_a_container': None, 'elsewhere': '10.0.0.7'}
+    assert Flow.load_config(adjust(SEED_TLS)).build()['clip_t'].args.host == ['127.0.0.1']
+
+
+def test_key_order_never_matters():
+    """yaml.safe_dump sorts keys: `executors` comes before `jtype`, which jina alone fails to read."""
+    flow = yaml.safe_dump(yaml.safe_load(SEED_TLS))
+    assert not flow.startswith('jtype')
+    adjusted = adjust(flow)
+    assert adjusted.startswith('jtype: Flow')
+    assert Flow.load_config(adjusted).gateway_args.uses == 'ClipHTTPGateway'

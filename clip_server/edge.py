@@ -118,6 +118,9 @@ class Edge:
         self.open_calls = 0  # HTTP requests, WebSocket connections and gRPC data calls in progress
         self.draining = False
         self.ready, self.reason = False, 'starting: the executors have not answered yet'
+        self.live, self.dead_reason = True, ''  # not live: every replica of a serving executor is gone
+        self._answering: set[str] = set()  # executor addresses whose last health check said SERVING
+        self._served = False  # whether every executor has answered once
 
     @contextlib.contextmanager
     def call(self) -> Iterator[None]:
@@ -241,12 +244,26 @@ class Edge:
             await asyncio.sleep(interval if self.ready else interval / 4)
 
     async def _executors_answer(self) -> tuple[bool, str]:
-        """Whether one replica of each executor reports SERVING (jina serves one only once it loaded)."""
+        """Whether one replica of each executor reports SERVING (jina serves one only once it loaded);
+        a replica that answered and stops is logged at ERROR, and liveness turns off while an
+        executor that was serving has no replica answering at all."""
+        reason, lost = '', []
         for name, addresses in self._deployments.items():
             answers = await asyncio.gather(*(_serving(address) for address in addresses))
+            for address, answer in zip(addresses, answers, strict=True):
+                if address in self._answering and not answer:
+                    self.logger.error(f'executor {name}: the replica at {address} stopped answering')
+                elif answer and address not in self._answering and self._served:
+                    self.logger.info(f'executor {name}: the replica at {address} answers again')
+                (self._answering.add if answer else self._answering.discard)(address)
             if not any(answers):
-                return False, f'executor {name} does not answer yet'
-        return True, ''
+                reason = reason or f'executor {name} does not answer yet'
+                lost.append(name)
+        self._served = self._served or not reason
+        self.live, self.dead_reason = True, ''
+        if self._served and lost:
+            self.live, self.dead_reason = False, f'no replica of executor {", ".join(lost)} answers'
+        return not reason, reason
 
     async def drain(self, servicers: list) -> None:
         """Turn readiness off, refuse new calls, and wait for the open ones (up to drain_seconds)."""
@@ -263,6 +280,13 @@ class Edge:
             self.logger.warning(
                 f'drain_seconds ({self.settings.drain_seconds}) passed with {self.open_calls} call(s) still open'
             )
+
+    def liveness(self) -> tuple[int, dict]:
+        """The HTTP liveness probe's status code and body: a Flow whose executor lost every
+        replica cannot serve again by itself, and its supervisor should restart it."""
+        if self.live:
+            return 200, {'live': True}
+        return 503, {'live': False, 'reason': self.dead_reason}
 
     def readiness(self) -> tuple[int, dict]:
         """The HTTP readiness probe's status code and body."""
@@ -439,7 +463,7 @@ class EdgeMiddleware:
         await send_json(send, status, error_body(scope['path'], status, message))
 
     async def _probe(self, path: str, send) -> None:
-        status, body = (200, {'live': True}) if path == '/health/live' else self._edge.readiness()
+        status, body = self._edge.liveness() if path == '/health/live' else self._edge.readiness()
         await send_json(send, status, body)
 
 

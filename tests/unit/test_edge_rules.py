@@ -213,3 +213,41 @@ def test_the_documented_gateway_options_match_the_code():
         'request_body_seconds',
     }
     assert {name: float(value) for name, value in documented.items()} == code
+
+
+def test_a_replica_that_stops_answering_is_logged_and_liveness_follows_the_last_one(monkeypatch, caplog):
+    """Replicas answer by address: both, then one (ERROR logged, still live and ready), then none
+    (not live: the supervisor should restart the server), then one again (live)."""
+    guard = make_edge(replicas=2)
+    answering: set[str] = set()
+
+    async def serving(address: str) -> bool:
+        return address in answering
+
+    monkeypatch.setattr(edge, '_serving', serving)
+    everyone = {'127.0.0.1:0', '127.0.0.1:1', '127.0.0.1:9'}
+    steps = [
+        (everyone, (True, ''), 200),
+        (everyone - {'127.0.0.1:0'}, (True, ''), 200),
+        ({'127.0.0.1:9'}, (False, 'executor clip does not answer yet'), 503),
+        (everyone - {'127.0.0.1:0'}, (True, ''), 200),
+    ]
+    with caplog.at_level(logging.INFO, logger='test'):
+        for addresses, readiness, live in steps:
+            answering.clear()
+            answering.update(addresses)
+            assert asyncio.run(guard._executors_answer()) == readiness
+            assert guard.liveness()[0] == live
+    errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert errors == [
+        'executor clip: the replica at 127.0.0.1:0 stopped answering',
+        'executor clip: the replica at 127.0.0.1:1 stopped answering',
+    ]
+    assert guard.liveness() == (200, {'live': True})
+
+
+def test_liveness_holds_while_starting():
+    """An executor that never answered yet is starting, not dead."""
+    guard = make_edge()
+    asyncio.run(guard._executors_answer())
+    assert guard.liveness() == (200, {'live': True})

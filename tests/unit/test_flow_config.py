@@ -107,7 +107,9 @@ def test_a_gateway_section_that_is_not_a_mapping_is_an_error():
 
 
 def test_local_executors_listen_on_loopback_unless_the_yaml_says_where():
-    text = SEED_TLS + """  - name: own_host
+    text = (
+        SEED_TLS
+        + """  - name: own_host
     host: 0.0.0.0
     uses: {jtype: InputErrors}
   - name: in_a_container
@@ -117,6 +119,7 @@ def test_local_executors_listen_on_loopback_unless_the_yaml_says_where():
     host: 10.0.0.7
     port: 51001
 """
+    )
     executors = {e['name']: e.get('host') for e in yaml.safe_load(adjust(text))['executors']}
     assert executors == {'clip_t': '127.0.0.1', 'own_host': '0.0.0.0', 'in_a_container': None, 'elsewhere': '10.0.0.7'}
     assert Flow.load_config(adjust(SEED_TLS)).build()['clip_t'].args.host == ['127.0.0.1']

@@ -1,8 +1,9 @@
 """Command line: ``python -m clip_server [FLOW_YAML | -i]`` serves the Flow a YAML describes.
 
 The YAML is the only configuration. This module alone deals with argv, stdin and
-YAML files; it turns every start-up failure into one message on stderr and a
-non-zero exit, while jina's own logs (on stdout) keep the details.
+YAML files; it turns every start-up failure, and every failure that stops a serving
+Flow (see clip_server.supervision), into one message on stderr and a non-zero exit,
+while jina's own logs (on stdout) keep the details.
 """
 
 import argparse
@@ -23,6 +24,8 @@ from jina.enums import ProtocolType
 from jina.excepts import InternalNetworkError, PortAlreadyUsed, RuntimeFailToStart
 
 from clip_server.flow_config import adjusted_flow_yaml
+from clip_server.internal_auth import ensure_internal_token
+from clip_server.supervision import ServingFailed, release, supervise
 
 BUNDLED_FLOWS = ('torch-flow.yml', 'onnx-flow.yml', 'tensorrt-flow.yml', 'search-flow.yml')
 
@@ -83,7 +86,7 @@ def _parse_flow(text: str, name: str, search_dir: str | None) -> Flow:
     if not _is_flow(root):
         raise _Fail(f'{name} does not describe a Flow: expected a mapping with "jtype: Flow"')
     try:
-        text = adjusted_flow_yaml(root, text)
+        text = adjusted_flow_yaml(root)
     except ValueError as e:
         raise _Fail(f'invalid Flow in {name}: {e}') from e
     try:
@@ -175,6 +178,9 @@ class _ChildErrors:
 def _serve(flow: Flow) -> None:
     """Serve until SIGINT or SIGTERM, then stop the gateway and every executor.
 
+    Meanwhile `supervise` replaces the executor replicas that die; when the Flow cannot go on,
+    it is stopped too, as a failure, so that the server exits non-zero.
+
     jina stops cleanly on KeyboardInterrupt, but SIGTERM would kill this process
     alone and orphan the Flow's processes: so both signals raise KeyboardInterrupt.
     gRPC code can swallow that exception while the Flow starts, so the signal is
@@ -199,11 +205,17 @@ def _serve(flow: Flow) -> None:
             except Exception as e:
                 raise _FlowFailed(f'the Flow failed to start: {_describe(e)}') from e
         if not received:
-            flow.block()  # returns on KeyboardInterrupt
+            try:
+                supervise(flow)  # returns on KeyboardInterrupt
+            except ServingFailed as e:
+                raise _Fail(str(e)) from e
     finally:
-        flow.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        try:
+            release(flow)  # so that closing waits for no dead process
+        finally:
+            flow.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _show_model_logs() -> None:
@@ -232,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parse_args(argv)
     os.environ.setdefault('JINA_HIDE_SURVEY', '1')  # jina's survey banner means nothing to our users
+    ensure_internal_token()  # before the Flow's processes start: they inherit it
     _show_model_logs()
     try:
         _serve(_load_flow(args.flow_yaml, args.from_stdin))

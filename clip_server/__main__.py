@@ -196,6 +196,8 @@ def _serve(flow: Flow) -> None:
     try:
         with _ChildErrors() as child_errors:
             try:
+                if not any((getattr(d.args, 'shards', 1) or 1) > 1 for _, d in flow):
+                    ensure_internal_token()  # the Flow's processes inherit it (not shard heads': see there)
                 flow.start()
             except RuntimeFailToStart as e:
                 reason = '; '.join(child_errors.read()) or 'see the log above'
@@ -244,7 +246,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parse_args(argv)
     os.environ.setdefault('JINA_HIDE_SURVEY', '1')  # jina's survey banner means nothing to our users
-    ensure_internal_token()  # before the Flow's processes start: they inherit it
     _show_model_logs()
     try:
         _serve(_load_flow(args.flow_yaml, args.from_stdin))

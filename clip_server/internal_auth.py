@@ -9,6 +9,8 @@ executor refuses a data or info call without it (gRPC UNAUTHENTICATED). Health c
 for probes, and endpoint discovery too: jina's gateway sends it without metadata, and it carries
 no documents. Where executors run apart from the gateway (Kubernetes, several machines), give
 every process the same `CLIP_SERVER_INTERNAL_TOKEN` (a Secret): this module is the same there.
+jina's shard heads forward to their workers without the gateway's metadata, so a Flow with
+`shards:` gets no token of its own (its executors still listen on loopback alone).
 
 No jina gateway classes and no docarray: the gRPC handler helpers here serve the gateway's edge too.
 """

@@ -115,7 +115,7 @@ def test_websocket_frame_over_max_request_bytes_closes_the_connection(server):
 def test_more_documents_than_max_docs_per_request_are_refused_on_each_protocol(server):
     refused = post(server, [{'text': f'text {i}'} for i in range(17)])
     assert refused.status_code == 413
-    assert 'the request has 17 documents, over max_docs_per_request (16)' in refused.text
+    assert 'the request has 17 documents (chunks and matches included), over max_docs_per_request (16)' in refused.text
     for protocol in PROTOCOLS:
         client = Client(f'{protocol}://127.0.0.1:{server.ports[protocol]}')
         with pytest.raises(Exception, match='max_docs_per_request'):

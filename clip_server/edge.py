@@ -157,7 +157,7 @@ class Edge:
             refused = self.problem(request)
             if refused is not None:
                 return _answered_now(_at_the_door(_failed(request, refused))), None
-            if not _top_level_count(request):
+            if not _top_level(request):
                 return _answered_now(_at_the_door(request)), None  # an empty result, as the executors would give
             responses, floating = handle_request(request=request, return_type=return_type)
             return asyncio.ensure_future(self._pending_while(responses)), floating
@@ -329,19 +329,16 @@ class _TooDeep(Exception):
     """Documents nested past MAX_NESTING."""
 
 
-def _top_level_count(request) -> int:
+def _top_level(request) -> list:
+    """The request's top-level documents, from whichever of jina's two encodings it carries."""
     data = request.proto_with_data.data
-    if data.WhichOneof('documents') == 'docs_bytes':
-        return len(request.docs)
-    return len(data.docs.docs)
+    return list(request.docs) if data.WhichOneof('documents') == 'docs_bytes' else list(data.docs.docs)
 
 
 def _document_count(request) -> int:
     """Documents in a request at every depth (the executors' access paths may reach any of them),
     counted without recursion; `_TooDeep` past MAX_NESTING levels."""
-    data = request.proto_with_data.data
-    top = request.docs if data.WhichOneof('documents') == 'docs_bytes' else data.docs.docs
-    count, level = 0, list(top)
+    count, level = 0, _top_level(request)
     for _depth in range(MAX_NESTING + 1):
         count += len(level)
         level = [child for doc in level for child in (*doc.chunks, *doc.matches)]

@@ -122,6 +122,24 @@ class Edge:
         self._answering: set[str] = set()  # executor addresses whose last health check said SERVING
         self._served = False  # whether every executor has answered once
 
+    def export_pending_gauge(self, registry, runtime_name: str) -> None:
+        """Publish `pending` as the Prometheus gauge `clip_server_pending_requests` in the gateway's
+        registry (None unless `monitoring: true`), the queue depth an autoscaler divides by the
+        encoder's replicas. Not jina's `jina_number_of_pending_requests`: jina 3.27.0 decrements that
+        in its result handler or on an `Exception`, which a call cancelled with its client never
+        reaches, so each such call stays counted there; `pending` is decremented in a `finally`."""
+        if registry is None:
+            return
+        from prometheus_client import Gauge
+
+        gauge = Gauge(
+            'clip_server_pending_requests',
+            'Requests sent on to the executors and not answered yet',
+            labelnames=('runtime_name',),
+            registry=registry,
+        )
+        gauge.labels(runtime_name).set_function(lambda: self.pending)
+
     @contextlib.contextmanager
     def call(self) -> Iterator[None]:
         """Count one open call for the drain to wait on."""

@@ -71,6 +71,7 @@ class _ClipEdge:
         )
         deployments = json.loads(self.runtime_args.deployments_addresses or '{}')
         self.edge = Edge(settings, deployments, self.logger)
+        self.edge.export_pending_gauge(self.metrics_registry, self.name)  # with `monitoring: true`
         handler = self._request_handler  # shared by every protocol's server
         # jina 3.27.0 (pinned): the streamer behind every protocol; each request passes through its
         # request handler on the way to the executors, each response through its result handler.

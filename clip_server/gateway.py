@@ -33,6 +33,7 @@ from clip_server.edge import Edge, EdgeInterceptor, EdgeMiddleware, EdgeSettings
 from clip_server.internal_auth import send_internal_token
 from clip_server.openai_api import OpenAIRoutes
 from clip_server.remote_images import ImageFetching
+from clip_server.ui.routes import UIPage, UIRoutes
 
 Result = Callable[[object], object]
 DEFAULTS = EdgeSettings()
@@ -92,7 +93,8 @@ class _ClipEdge:
                     'grpc.max_receive_message_length': settings.max_request_bytes,
                 }
         openai_routes = OpenAIRoutes(handler.streamer, max_docs_per_request, ImageFetching.from_option(fetch_images))
-        _customize_apps(handler, self.edge, tokens, openai_routes)
+        ui_routes = UIRoutes(handler.streamer, lambda: served_endpoints(handler.streamer))
+        _customize_apps(handler, self.edge, tokens, openai_routes, ui_routes)
         if tokens:
             self.logger.info(f'clients must send one of {len(tokens)} authorization token(s)')
 
@@ -116,19 +118,26 @@ class _ClipEdge:
         await super().shutdown()
 
 
-def _customize_apps(handler, edge: Edge, tokens: tuple[str, ...], openai_routes: OpenAIRoutes) -> None:
+def _customize_apps(
+    handler, edge: Edge, tokens: tuple[str, ...], openai_routes: OpenAIRoutes, ui_routes: UIRoutes
+) -> None:
     """The edge's middleware, then auth's around it, on the FastAPI apps (HTTP, WebSocket) that
-    the shared request handler builds when each server starts; the OpenAI API on the HTTP one."""
+    the shared request handler builds when each server starts; the OpenAI API and the web page
+    (`clip_server.ui`) on the HTTP one, the page's files outside auth (they hold no data)."""
     for name in ('_http_fastapi_default_app', '_websocket_fastapi_default_app'):
         build = getattr(handler, name)
 
         def customized(*args, _build=build, _name=name, **kwargs):
             app = _build(*args, **kwargs)
-            if _name == '_http_fastapi_default_app':
+            http = _name == '_http_fastapi_default_app'
+            if http:
                 openai_routes.install(app)
+                ui_routes.install(app)
             app.add_middleware(EdgeMiddleware, edge=edge)
             if tokens:  # added last, so it runs first: no body is read for a client without a token
                 app.add_middleware(TokenMiddleware, tokens=tokens)
+            if http:  # a browser's navigation carries no token: the page's files are served before auth
+                app.add_middleware(UIPage)
             _cors_outermost(app)
             return app
 
@@ -143,12 +152,18 @@ def _endpoint_discovery(streamer) -> Callable:
     """
 
     async def endpoint_discovery(empty, context) -> jina_pb2.EndpointsProto:
-        endpoints = await streamer.topology_graph._get_all_endpoints(
-            streamer._connection_pool, retry_forever=False, is_cancel=None
-        )
-        return jina_pb2.EndpointsProto(endpoints=sorted(endpoints))
+        return jina_pb2.EndpointsProto(endpoints=await served_endpoints(streamer))
 
     return endpoint_discovery
+
+
+async def served_endpoints(streamer) -> list[str]:
+    """The endpoints the Flow's executors serve, asked of them (the web page shows search only
+    when an index serves `/search`)."""
+    endpoints = await streamer.topology_graph._get_all_endpoints(
+        streamer._connection_pool, retry_forever=False, is_cancel=None
+    )
+    return sorted(endpoints)
 
 
 def _cors_outermost(app) -> None:

@@ -160,7 +160,7 @@ class CLIPEncoderBase(Executor):
         self._report(failed)
         return docs
 
-    @requests(on=['/delete', '/count'])
+    @requests(on=['/delete', '/count', '/sources'])
     def bookkeeping(self, **kwargs: Any) -> None:
         """The index's bookkeeping endpoints (`CLIPIndexer`) carry ids, not content: nothing to encode."""
 

@@ -6,7 +6,13 @@
 - `/search`: each query gets its `limit` (default 10) best matches, best first, with the cosine
   in `scores['cosine']`; texts find images and images find texts, as they share one space;
 - `/delete`: removes the documents with the ids sent (as documents, or `parameters={'ids': [...]}`);
-- `/count`: answers one document whose `tags['count']` is the number stored.
+- `/count`: answers one document whose `tags['count']` is the number stored;
+- `/sources`: a page of the documents indexed from files (tags `source` and `sha256`, as
+  `python -m clip_server.index` sends them), so that a rerun skips what is stored already.
+
+Each indexed image also keeps a small JPEG preview (at most `preview_size` pixels a side), which
+`/search` returns in a match's `tags['preview']` when asked (`previews: true`): the web page's
+thumbnails (`clip_server.ui`), without the original's bytes or a path the server would have to read.
 
 The store is embedded and persistent (`clip_server.search.store`): a folder under the cache by
 default, or `index_path`. One process writes it: keep this executor at one replica (the encoder
@@ -14,17 +20,23 @@ in front may have many). With `qdrant: {url: ..., collection: ...}` the index is
 collection instead (`clip_server.search.qdrant_store`), which several replicas may share.
 """
 
+import base64
+import io
 from typing import Any
 
 from docarray import Document, DocumentArray
 from docarray.score import NamedScore
 from jina import Executor, requests
 
+from clip_server.executors.documents import Modality, image_of, modality
 from clip_server.model.weights import cache_dir
 from clip_server.search.store import Hit, Item, Store, VectorStore
 from clip_server.types import ConfigurationError, InvalidInputError
 
 DEFAULT_LIMIT = 10
+SOURCES_PAGE = 1000  # /sources entries per page (the gateway caps `limit` at max_search_limit)
+PREVIEW_TAG = 'preview'  # a match's preview, as a data URI, with `previews: true`
+PREVIEW_QUALITY = 70  # JPEG quality: a 128-pixel preview takes 2-8 KB
 
 
 class CLIPIndexer(Executor):
@@ -36,11 +48,15 @@ class CLIPIndexer(Executor):
         exact_below: int = 20_000,
         store_image_content: bool = False,
         qdrant: dict | None = None,
+        preview_size: int = 128,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        if isinstance(preview_size, bool) or not isinstance(preview_size, int) or not 0 <= preview_size <= 512:
+            raise ConfigurationError(f'preview_size must be 0 (no previews) to 512 pixels, got {preview_size!r}')
         self._store = self._open(index_path, exact_below, qdrant)
         self._store_image_content = store_image_content
+        self._preview_size = preview_size
         self.logger.info(f'index at {self._store.folder}: {self._store.count()} documents')
 
     @requests(on='/index')
@@ -58,8 +74,9 @@ class CLIPIndexer(Executor):
         if not queries:
             return docs
         found = self._store.search([query.embedding for query in queries], limit)
+        previews = parameters.get('previews') is True
         for query, hits in zip(queries, found, strict=True):
-            query.matches = DocumentArray([_match(hit, query.id) for hit in hits])
+            query.matches = DocumentArray([_match(hit, query.id, previews) for hit in hits])
         return docs
 
     @requests(on='/delete')
@@ -72,6 +89,20 @@ class CLIPIndexer(Executor):
     @requests(on='/count')
     def count(self, **kwargs: Any) -> DocumentArray:
         return DocumentArray([Document(tags={'count': self._store.count()})])
+
+    @requests(on='/sources')
+    def sources(self, parameters: dict, **kwargs: Any) -> DocumentArray:
+        """One document: the page's entries as its matches (id, `tags` source and sha256), and the
+        next page's cursor in `tags['next']` (empty on the last page); `parameters.cursor` asks for it."""
+        limit = _positive_int(parameters.get('limit', SOURCES_PAGE), 'limit')
+        cursor = parameters.get('cursor') or ''
+        if not isinstance(cursor, str):
+            raise InvalidInputError(f'parameter cursor must be the tags.next of the page before, got {cursor!r:.64}')
+        page, following = self._store.sources(cursor, limit)
+        entries = DocumentArray(
+            Document(id=entry.id, tags={'source': entry.source, 'sha256': entry.sha256}) for entry in page
+        )
+        return DocumentArray([Document(tags={'next': following}, matches=entries)])
 
     def close(self) -> None:
         self._store.close()
@@ -95,10 +126,32 @@ class CLIPIndexer(Executor):
             payload['uri'] = ''  # a data URI is image content
         if self._store_image_content and doc.blob:
             payload['blob'] = doc.blob.hex()
+        if self._preview_size and _is_image(doc):
+            payload[PREVIEW_TAG] = self._preview(doc)
         return payload
 
+    def _preview(self, doc: Document) -> str:
+        """The image at most `preview_size` pixels a side, as base64 JPEG; '' when it cannot be read
+        (the encoder read it with its own limits, which may be wider than the defaults here)."""
+        try:
+            image = image_of(doc, min_side=self._preview_size)
+        except InvalidInputError as error:
+            self.logger.warning(f'document {doc.id}: no preview: {error}')
+            return ''
+        image.thumbnail((self._preview_size, self._preview_size))
+        buffer = io.BytesIO()
+        image.convert('RGB').save(buffer, format='JPEG', quality=PREVIEW_QUALITY)
+        return base64.b64encode(buffer.getvalue()).decode()
 
-def _match(hit: Hit, query_id: str) -> Document:
+
+def _is_image(doc: Document) -> bool:
+    try:
+        return modality(doc) is Modality.IMAGE
+    except InvalidInputError:
+        return False
+
+
+def _match(hit: Hit, query_id: str, previews: bool = False) -> Document:
     payload = hit.payload
     match = Document(id=hit.id, tags=payload.get('tags') or {}, mime_type=payload.get('mime_type') or '')
     if payload.get('text'):
@@ -107,6 +160,8 @@ def _match(hit: Hit, query_id: str) -> Document:
         match.uri = payload['uri']
     if payload.get('blob'):
         match.blob = bytes.fromhex(payload['blob'])
+    if previews and payload.get(PREVIEW_TAG):
+        match.tags[PREVIEW_TAG] = f'data:image/jpeg;base64,{payload[PREVIEW_TAG]}'
     match.scores['cosine'] = NamedScore(value=hit.cosine, op_name='cosine', ref_id=query_id)
     return match
 

@@ -13,7 +13,7 @@ import uuid
 
 import numpy as np
 
-from clip_server.search.store import Hit, Item, check_dimension, query_rows, vectors_of
+from clip_server.search.store import Hit, Item, Source, check_dimension, query_rows, vectors_of
 from clip_server.types import ConfigurationError, require
 
 ID_FIELD = '_clip_server_id'
@@ -75,6 +75,19 @@ class QdrantStore:
         answers = self._client.query_batch_points(self.collection, requests=requests)
         return [[_hit(point) for point in answer.points] for answer in answers]
 
+    def sources(self, cursor: str, limit: int) -> tuple[list[Source], str]:
+        """Up to `limit` points with a content hash, in Qdrant's point order from `cursor` (a point id;
+        `''`: the first), and the next page's cursor (`''`: none)."""
+        if self.dim is None:
+            return [], ''
+        models = self._models
+        hashed = models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key='tags.sha256'))])
+        points, following = self._client.scroll(
+            self.collection, scroll_filter=hashed, limit=limit, offset=cursor or None, with_payload=True
+        )
+        page = [_source(point.payload or {}) for point in points]
+        return page, str(following or '')
+
     def close(self) -> None:
         self._client.close()
 
@@ -94,6 +107,11 @@ def _point_id(doc_id: str) -> str:
 
 def _payload(item: Item) -> dict:
     return {**item.payload, ID_FIELD: item.id}
+
+
+def _source(payload: dict) -> Source:
+    tags = payload.get('tags') or {}
+    return Source(payload[ID_FIELD], str(tags.get('source') or ''), str(tags['sha256']))
 
 
 def _hit(point) -> Hit:

@@ -48,6 +48,16 @@ class Hit:
     payload: dict
 
 
+@dataclass(frozen=True)
+class Source:
+    """A document indexed from a file (`python -m clip_server.index`): its id, the file, and the
+    SHA-256 of the content it was made from (tags `source` and `sha256`)."""
+
+    id: str
+    source: str
+    sha256: str
+
+
 def vectors_of(items: list[Item]) -> np.ndarray:
     """The items' embeddings as float32 rows, each one a direction (`check_finite`)."""
     rows = [np.asarray(item.vector, dtype=np.float32).reshape(-1) for item in items]
@@ -91,6 +101,7 @@ class Store(Protocol):
     def remove(self, ids: Iterable[str]) -> int: ...
     def count(self) -> int: ...
     def search(self, queries: np.ndarray, limit: int) -> list[list[Hit]]: ...
+    def sources(self, cursor: str, limit: int) -> tuple[list[Source], str]: ...
     def close(self) -> None: ...
 
 
@@ -166,6 +177,17 @@ class VectorStore:
         distances = np.atleast_2d(found.distances)
         rows = self._rows(int(key) for key in np.unique(keys))
         return [_hits(ks, ds, rows) for ks, ds in zip(keys, distances, strict=True)]
+
+    def sources(self, cursor: str, limit: int) -> tuple[list[Source], str]:
+        """Up to `limit` documents with a content hash, by id after `cursor` (`''`: from the first),
+        and the cursor of the next page (`''`: none). One pass over the ids, `limit` rows at a time."""
+        rows = self._db.execute(
+            "SELECT id, json_extract(payload, '$.tags.source'), json_extract(payload, '$.tags.sha256') FROM items "
+            "WHERE id > ? AND json_extract(payload, '$.tags.sha256') IS NOT NULL ORDER BY id LIMIT ?",
+            (cursor, limit),
+        ).fetchall()
+        page = [Source(doc_id, str(source or ''), str(sha256)) for doc_id, source, sha256 in rows]
+        return page, page[-1].id if len(page) == limit else ''
 
     def close(self) -> None:
         """Save the search structure for a fast next open, then close the database."""

@@ -10,6 +10,7 @@ lowest cosine similarity is printed): a fast number from a wrong model means not
 
 import argparse
 import dataclasses
+import gc
 import os
 import tempfile
 import time
@@ -80,6 +81,12 @@ def measured(
     )
 
 
+def gpu_memory_in_use(device: str) -> int:
+    """Bytes in use on the GPU, by every allocator (torch's, ONNX Runtime's, TensorRT's): CUDA's own count."""
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    return total - free
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--model', default='ViT-B-32', help='an open_clip architecture or model name')
@@ -104,13 +111,23 @@ def main() -> None:
         print(f'{spec.name}, {args.device}{gpu}, {torch.get_num_threads()} CPU threads')
         header = f'{"runtime":<8} {"dtype":<5} {"batch":>5} {"texts/s":>9} {"images/s":>9} {"build s":>7}'
         print(f'{header}  min cos vs fp32; runs on')
+        on_gpu = args.device.startswith('cuda')
         for runtime in map(Runtime, args.runtime):
             options = EncoderOptions(
                 model_path=weights, device=args.device, dtype=args.dtype, threads=torch.get_num_threads()
             )
+            gc.collect()  # the last runtime's engines go before this one's memory is counted
+            if on_gpu:
+                torch.cuda.empty_cache()
+            before = gpu_memory_in_use(args.device) if on_gpu else 0
+            peak = before
             for size, model, build_seconds in encoders(spec, runtime, args.batch, options):
                 rates, agreement = measured(runtime, size, model, (tokens, pixels), reference, args.seconds)
                 print(f'{rates} {build_seconds:>7.1f}  {agreement}', flush=True)
+                peak = max(peak, gpu_memory_in_use(args.device) if on_gpu else 0)
+            if on_gpu:
+                used = (peak - before) / 2**20
+                print(f'{runtime}: peak GPU memory in use {used:.0f} MiB above the start (read after each cell)')
 
 
 if __name__ == '__main__':

@@ -123,8 +123,12 @@ class CLIPEncoderBase(Executor):
             **runtime_options,
         )
         self.model = factory.build_encoder(self.spec, self.runtime, options, self.preprocessor)
+        # which GPU a replica got (jina sets CUDA_VISIBLE_DEVICES per replica for `RR`): one line tells
+        gpus = os.environ.get('CUDA_VISIBLE_DEVICES')
+        placed = f', CUDA_VISIBLE_DEVICES={gpus}' if gpus is not None and self.model.device.is_cuda else ''
         self.logger.info(
-            f'{self.spec.name} ready on {self.runtime.label}, {self.model.description}, {self.spec.dim}-d embeddings'
+            f'{self.spec.name} ready on {self.runtime.label}, {self.model.description}, '
+            f'{self.spec.dim}-d embeddings{placed}'
         )
         if runtime_options.get('dtype') in (None, AUTO):
             why = auto_dtype(self.runtime, self.model.device)[1]

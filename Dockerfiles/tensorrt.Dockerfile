@@ -1,57 +1,60 @@
 # clip_server with the TensorRT runtime (`clip_server[tensorrt]`, module clip_server.executors.clip_tensorrt).
 #
-# Base: NVIDIA's TensorRT image, which ships CUDA, cuDNN and TensorRT 10 with its Python bindings
-# already matched to each other (the tensorrt packages on the package index download their
-# libraries from elsewhere at install time). 25.01 has TensorRT 10.8 on Ubuntu 24.04 with Python
-# 3.12; any 25.xx tag with TensorRT 10 works. The host needs an NVIDIA driver new enough for the
-# tag's CUDA (see NVIDIA's support matrix for the tag).
+# Base: python:3.11-slim, like the other images, not NVIDIA's TensorRT image: the `tensorrt` 10
+# packages on the package index install TensorRT itself (libraries and Python bindings) built for
+# CUDA 13, the CUDA of the torch wheels, whose CUDA runtime, cuBLAS and cuDNN the image already has.
+# Those packages fetch the TensorRT libraries from NVIDIA's own package index while installing, so
+# the build host must reach it. The host needs an NVIDIA driver for CUDA 13 (580 or newer) and
+# `--gpus all`; without a GPU the image refuses to serve, naming what is missing.
 #
+#   Dockerfiles/build.sh tensorrt      (or, by hand:)
 #   docker build -f Dockerfiles/tensorrt.Dockerfile \
 #     --build-arg USER_ID="$(id -u)" --build-arg GROUP_ID="$(id -g)" -t clip-server:tensorrt .
 #   docker run --gpus all -p 51000:51000 -v "$HOME/.cache:/home/cas/.cache" clip-server:tensorrt
-ARG TENSORRT_TAG=25.01-py3
-FROM nvcr.io/nvidia/tensorrt:${TENSORRT_TAG}
+FROM python:3.11-slim-bookworm
 
-ARG USER_ID=1000
-ARG GROUP_ID=1000
 ARG PIP_VERSION=26.3
 
-ENV DEBIAN_FRONTEND=noninteractive \
-    PYTHONDONTWRITEBYTECODE=1 \
+ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     JINA_OPTOUT_TELEMETRY=1 \
     JINA_HIDE_SURVEY=1 \
-    HOME=/home/cas \
-    CLIP_SERVER_CACHE=/home/cas/.cache/clip \
-    VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:${PATH}
+    CLIP_SERVER_CACHE=/home/cas/.cache/clip
 
-# DL3008: python3-venv comes from the base image's Ubuntu release; pinning its exact Debian
-# revision would break the build at the next Ubuntu security update.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3-venv \
-    && rm -rf /var/lib/apt/lists/*
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+WORKDIR /opt/clip_server
 
-# Ubuntu 24.04 images have a user `ubuntu` with uid/gid 1000: remove it so the numeric USER below
-# resolves to `cas` (and HOME to /home/cas) for the default ids too.
-RUN if id ubuntu >/dev/null 2>&1; then userdel --remove ubuntu; fi \
-    && groupadd --non-unique --gid "${GROUP_ID}" cas \
+# The dependencies (5.5 GB, minutes) in a layer of their own, from setup.py and the version line
+# alone (README.md, the long description, stands in empty): editing the code or the README then
+# rebuilds in seconds. Everything up to here is the same in the three Dockerfiles, so their
+# images share this layer on disk and in a registry. triton is removed: it compiles kernels for
+# torch.compile, which clip_server never calls (900 MB).
+COPY setup.py ./
+COPY clip_server/__init__.py ./clip_server/
+RUN touch README.md \
+    && pip install --no-cache-dir "pip==${PIP_VERSION}" \
+    && pip install --no-cache-dir /opt/clip_server \
+    && pip uninstall --yes triton
+
+# The TensorRT extra (TensorRT 10 and the ONNX packages its engines are compiled from) on top of the
+# layer shared with the other images.
+RUN pip install --no-cache-dir "/opt/clip_server[tensorrt]"
+
+COPY setup.py README.md ./
+COPY clip_server ./clip_server
+RUN pip install --no-cache-dir --no-deps --force-reinstall /opt/clip_server \
+    && printf 'jtype: CLIPEncoder\nmetas:\n  py_modules:\n    - clip_server.executors.clip_tensorrt\n' > config.yml
+
+# Match these to the host user (`id -u`, `id -g`) so a mounted host ~/.cache is shared with the
+# right ownership in both directions. Declared last, so that images for different users share
+# every layer above.
+ARG USER_ID=1000
+ARG GROUP_ID=1000
+RUN groupadd --non-unique --gid "${GROUP_ID}" cas \
     && useradd --non-unique --create-home --uid "${USER_ID}" --gid "${GROUP_ID}" --shell /bin/bash cas \
     && mkdir -p /home/cas/.cache/clip \
     && chown -R "${USER_ID}:${GROUP_ID}" /home/cas/.cache
-
-# A virtual environment (Ubuntu 24.04's Python refuses system-wide pip installs) that still sees the
-# image's own tensorrt bindings, so `tensorrt>=10,<11` is satisfied by them.
-RUN python3 -m venv --system-site-packages "${VIRTUAL_ENV}"
-
-WORKDIR /opt/clip_server
-COPY setup.py README.md ./
-COPY clip_server ./clip_server
-RUN pip install --no-cache-dir "pip==${PIP_VERSION}" \
-    && pip install --no-cache-dir "/opt/clip_server[tensorrt]" \
-    && printf 'jtype: CLIPEncoder\nmetas:\n  py_modules:\n    - clip_server.executors.clip_tensorrt\n' > config.yml
 
 # Numeric, so that Kubernetes can check `runAsNonRoot`; it is the user `cas` created above.
 USER ${USER_ID}:${GROUP_ID}

@@ -103,10 +103,17 @@ class _Plan:
     """What the exporter's output needs changed afterwards."""
 
     gateway_uses: str
-    http_port: int
+    protocols: list[str]
+    ports: list[int]  # the YAML's gateway ports, if it names them
     http_added: bool
     drain_seconds: float
+    auth_tokens_env: str | None
     executors: dict[str, _Executor]
+
+    @property
+    def http_port(self) -> int:
+        """The gateway's HTTP port in a pod (jina gives the protocols 8080, 8081, ...)."""
+        return PORT + self.protocols.index('http')
 
 
 def export_kubernetes(flow_text: str, output_dir: Path, options: KubernetesOptions) -> list[Path]:
@@ -114,7 +121,8 @@ def export_kubernetes(flow_text: str, output_dir: Path, options: KubernetesOptio
     one for the gateway, as jina lays them out); return the files written."""
     from jina import Flow
 
-    flow, plan = _containerized(_load(flow_text), options)
+    flow, plan = _containerized(_load(flow_text), options.image, options.gpus_per_encoder, probes_over_http=True)
+    _for_kubernetes(flow, plan, options)
     with tempfile.TemporaryDirectory() as jina_dir:
         # jina's closing line tells to apply its temporary folder: not what the user should run
         with contextlib.redirect_stdout(io.StringIO()):
@@ -150,75 +158,85 @@ def _load(flow_text: str) -> dict:
     return flow
 
 
-def _containerized(flow: dict, options: KubernetesOptions) -> tuple[dict, _Plan]:
-    """The Flow as jina's exporter takes it: every executor and the gateway from the image."""
-    image = f'docker://{options.image}'
-    flow_with = flow.setdefault('with', None) or {}
+def _containerized(flow: dict, image: str, gpus_per_encoder: int | None, probes_over_http: bool) -> tuple[dict, _Plan]:
+    """The Flow as jina's exporters take it: every executor and the gateway from `image`, the
+    gateway's monitoring on (the pending-requests gauge), HTTP added for the probes if asked."""
+    flow_with = flow.get('with') or {}
     flow['with'] = flow_with
-    for key in _MACHINE_KEYS:
-        flow_with.pop(key, None)
     protocols = flow_with.get('protocol') or ['grpc']
     protocols = [str(p).lower() for p in (protocols if isinstance(protocols, list) else [protocols])]
-    http_added = 'http' not in protocols
+    ports = flow_with.get('port') or []
+    ports = [int(p) for p in (ports if isinstance(ports, list) else [ports])]
+    for key in _MACHINE_KEYS:
+        flow_with.pop(key, None)
+    http_added = probes_over_http and 'http' not in protocols
     if http_added:  # the kubelet probes /health/ready and /health/live over HTTP
         protocols.append('http')
     flow_with['protocol'] = protocols
-    flow_with['monitoring'] = True  # the pending-requests gauge, on jina's monitoring port
+    flow_with['monitoring'] = True
 
     executors = {}
     for executor in flow['executors']:
         name = executor.get('name')
         if not name:
-            raise ExportError('every executor needs a `name:` (it names its Kubernetes objects)')
+            raise ExportError('every executor needs a `name:` (it names its containers)')
         if int(executor.get('shards', 1) or 1) > 1:
             raise ExportError(f'executor {name}: shards are not exported (scale with replicas instead)')
-        executors[name] = _executor(executor, options)
+        executors[name] = _executor(executor, gpus_per_encoder)
         for key in _MACHINE_KEYS:
             executor.pop(key, None)
-        executor['uses'] = image
-        executor['env_from_secret'] = {
-            **(executor.get('env_from_secret') or {}),
-            'CLIP_SERVER_INTERNAL_TOKEN': {'name': INTERNAL_TOKEN_SECRET, 'key': 'token'},
-        }
-        executor['grpc_server_options'] = {
-            'grpc.max_connection_age_ms': MAX_CONNECTION_AGE_MS,
-            'grpc.max_connection_age_grace_ms': MAX_CONNECTION_AGE_GRACE_MS,
-            **(executor.get('grpc_server_options') or {}),
-        }
-        if executors[name].volume:
-            executor['volumes'] = [CACHE_PATH]  # jina: a StatefulSet with a claim per pod
-        if executors[name].encoder:
-            threads = str(_whole_cpus(options.encoder_cpu))
-            executor['env'] = {'OMP_NUM_THREADS': threads, **(executor.get('env') or {})}
+        executor['uses'] = f'docker://{image}'
 
     gateway = _adjusted_gateway(flow)
     gateway_uses = gateway['uses']
-    gateway['uses'] = image
-    settings = gateway.get('uses_with') or {}
-    secrets = {'CLIP_SERVER_INTERNAL_TOKEN': {'name': INTERNAL_TOKEN_SECRET, 'key': 'token'}}
-    if settings.get('auth_tokens_env'):
-        secrets[settings['auth_tokens_env']] = {'name': AUTH_TOKENS_SECRET, 'key': 'tokens'}
-    gateway['env_from_secret'] = {**(gateway.get('env_from_secret') or {}), **secrets}
-    gateway['grpc_channel_options'] = {
-        'grpc.lb_policy_name': 'round_robin',
-        **(gateway.get('grpc_channel_options') or {}),
-    }
+    gateway['uses'] = f'docker://{image}'
     for key in _MACHINE_KEYS:
         gateway.pop(key, None)
+    settings = gateway.get('uses_with') or {}
 
     from clip_server.gateway import DEFAULTS
 
     plan = _Plan(
         gateway_uses=gateway_uses,
-        http_port=PORT + protocols.index('http'),
+        protocols=protocols,
+        ports=ports,
         http_added=http_added,
         drain_seconds=float(settings.get('drain_seconds', DEFAULTS.drain_seconds)),
+        auth_tokens_env=settings.get('auth_tokens_env'),
         executors=executors,
     )
     return flow, plan
 
 
-def _executor(executor: dict, options: KubernetesOptions) -> _Executor:
+def _for_kubernetes(flow: dict, plan: _Plan, options: KubernetesOptions) -> None:
+    """What jina's Kubernetes exporter is told beyond the containers: the Secrets, the cache
+    volumes, the threads, and the gRPC options that spread a gateway's requests over the pods."""
+    internal = {'CLIP_SERVER_INTERNAL_TOKEN': {'name': INTERNAL_TOKEN_SECRET, 'key': 'token'}}
+    for executor in flow['executors']:
+        about = plan.executors[executor['name']]
+        executor['env_from_secret'] = {**(executor.get('env_from_secret') or {}), **internal}
+        executor['grpc_server_options'] = {
+            'grpc.max_connection_age_ms': MAX_CONNECTION_AGE_MS,
+            'grpc.max_connection_age_grace_ms': MAX_CONNECTION_AGE_GRACE_MS,
+            **(executor.get('grpc_server_options') or {}),
+        }
+        if about.volume:
+            executor['volumes'] = [CACHE_PATH]  # jina: a StatefulSet with a claim per pod
+        if about.encoder:
+            threads = str(_whole_cpus(options.encoder_cpu))
+            executor['env'] = {'OMP_NUM_THREADS': threads, **(executor.get('env') or {})}
+    gateway = flow['gateway']
+    secrets = dict(internal)
+    if plan.auth_tokens_env:
+        secrets[plan.auth_tokens_env] = {'name': AUTH_TOKENS_SECRET, 'key': 'tokens'}
+    gateway['env_from_secret'] = {**(gateway.get('env_from_secret') or {}), **secrets}
+    gateway['grpc_channel_options'] = {
+        'grpc.lb_policy_name': 'round_robin',
+        **(gateway.get('grpc_channel_options') or {}),
+    }
+
+
+def _executor(executor: dict, gpus_per_encoder: int | None) -> _Executor:
     name, uses = executor['name'], executor.get('uses')
     if isinstance(uses, str) and uses.startswith('docker://'):
         inline, jtype, modules = None, '', []  # the image's own config.yml
@@ -234,7 +252,7 @@ def _executor(executor: dict, options: KubernetesOptions) -> _Executor:
     gpus = executor.get('gpus')
     if gpus is None:
         default = 1 if TENSORRT_MODULE in modules else 0
-        gpus = (options.gpus_per_encoder if options.gpus_per_encoder is not None else default) if encoder else 0
+        gpus = (gpus_per_encoder if gpus_per_encoder is not None else default) if encoder else 0
     timeout = int(executor.get('timeout_ready', 600_000))
     return _Executor(name, inline, encoder, jtype in ON_A_VOLUME, int(gpus), timeout if timeout > 0 else 3_600_000)
 

@@ -95,16 +95,18 @@ function tool(name, run) {
   async function sendFile(file) {
     if (!file) return;
     if (!file.type.startsWith('image/')) return show(error, `${file.name} is not an image.`);
+    $(`${name}-text`).value = '';  // the query is the image now
     send({ image: await dataUri(file) });
   }
 
+  const input = $(`${name}-file`);
   $(`${name}-form`).addEventListener('submit', (event) => {
     event.preventDefault();
     const text = $(`${name}-text`).value.trim();
+    input.value = '';  // the query is the text now
     if (text) send({ text });
     else show(error, 'Type a text, or choose an image.');
   });
-  const input = $(`${name}-file`);
   input.addEventListener('change', () => sendFile(input.files[0]));
   const drop = input.closest('.drop');
   drop.addEventListener('dragover', (event) => { event.preventDefault(); drop.classList.add('over'); });
@@ -144,8 +146,10 @@ function resultCard(match) {
   } else {
     card.append(element('div', 'text muted', 'indexed without a preview'));
   }
+  const origin = match.source || match.uri || match.id;
   const caption = element('figcaption');
-  caption.append(element('span', 'score', match.score.toFixed(3)), ' ', match.source || match.uri || match.id);
+  caption.title = origin;
+  caption.append(element('span', 'score', match.score.toFixed(3)), ' ', origin.split('/').pop());
   card.append(caption);
   return card;
 }

@@ -131,7 +131,7 @@ run timeout 240 "$PYTHON" benchmarks/runtime_throughput.py --model ViT-B-32 --de
   --batch 32 256 --runtime $runtimes --seconds "$seconds"
 
 step 'replicas over GPUs: torch-flow.yml, replicas 2, CUDA_VISIBLE_DEVICES=RR (limit 150 s)'
-run env CUDA_VISIBLE_DEVICES=RR timeout 150 "$PYTHON" benchmarks/gpu_replicas.py --replicas 2
+run timeout 150 "$PYTHON" benchmarks/gpu_replicas.py --replicas 2
 
 step 'JPEG decoding on the CPU or the GPU, ViT-B-32 fp16, batch 256 (limit 120 s)'
 run timeout 120 "$PYTHON" benchmarks/gpu_decode.py --batch 256 --seconds "$seconds"

@@ -13,11 +13,14 @@ Exit status 1 if a check fails; the server's log tail is printed then.
 """
 
 import argparse
+import contextlib
 import io
 import os
 import re
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +48,21 @@ def flow_with_replicas(weights: Path, model: str, replicas: int, device: str, po
     return flow
 
 
+@contextlib.contextmanager
+def server_env(**variables: str) -> Iterator[None]:
+    """Variables set while the server is spawned (it copies this process's environment), then put back."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
+
+
 def reference(spec, weights: Path, device: str, texts: list[str], jpegs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """open_clip as its README uses it, fp32, on the same device."""
     model, _, transform = open_clip.create_model_and_transforms(spec.arch, pretrained=str(weights), device=device)
@@ -65,13 +83,13 @@ def main() -> int:
     parser.add_argument('--model', default='ViT-B-32')
     parser.add_argument('--replicas', type=int, default=2)
     parser.add_argument('--device', default='cuda')
+    parser.add_argument('--visible-devices', default='RR', help="the server's CUDA_VISIBLE_DEVICES (default RR)")
     args = parser.parse_args()
 
     spec = resolve(args.model)
     texts = [f'a photo of thing number {i}' for i in range(64)]
     jpegs = [photo_jpeg(seed) for seed in range(16)]
-    os.environ.setdefault('CUDA_VISIBLE_DEVICES', 'RR')
-    print(f'CUDA_VISIBLE_DEVICES={os.environ["CUDA_VISIBLE_DEVICES"]}, replicas: {args.replicas}, {spec.name}')
+    print(f'CUDA_VISIBLE_DEVICES={args.visible_devices} for the server, replicas: {args.replicas}, {spec.name}')
     with tempfile.TemporaryDirectory(prefix='clip-gpu-replicas-') as scratch:
         folder = Path(scratch)
         weights = folder / 'weights.pt'
@@ -82,14 +100,15 @@ def main() -> int:
         from clip_client import Client
 
         client = Client(f'grpc://127.0.0.1:{port}')
-        with ServerProcess(flow, port, folder, 'replicas') as server:
+        with server_env(CUDA_VISIBLE_DEVICES=args.visible_devices):  # RR means nothing to CUDA in this process
+            server = ServerProcess(flow, port, folder, 'replicas')
+        with server:
             seconds = server.cold_start(lambda: client.encode(texts[:1]))
             # requests of 8, so that both replicas get some
             served_texts = np.concatenate([client.encode(texts[i : i + 8]) for i in range(0, len(texts), 8)])
             images = DocumentArray([Document(blob=jpeg) for jpeg in jpegs])
             served_images = client.encode(images, batch_size=4).embeddings
-            log = server.log_path.read_text(errors='replace')
-            replicas = sorted(set(READY.findall(log)))
+            replicas = ready_replicas(server, args.replicas)
             expected = reference(spec, weights, args.device, texts, jpegs)
             failures = check(replicas, args, (served_texts, served_images), expected)
             print(f'ready and first encode in {seconds:.1f} s')
@@ -98,6 +117,17 @@ def main() -> int:
     for failure in failures:
         print(f'!! {failure}')
     return 1 if failures else 0
+
+
+def ready_replicas(server: ServerProcess, expected: int, timeout: float = 60) -> list[tuple[str, str, str]]:
+    """(replica, where it runs, its CUDA_VISIBLE_DEVICES) from the replicas' ready lines. The gateway
+    is ready once one replica of each executor answers, so the others may still be loading."""
+    deadline = time.monotonic() + timeout
+    while True:
+        replicas = sorted(set(READY.findall(server.log_path.read_text(errors='replace'))))
+        if len(replicas) >= expected or time.monotonic() > deadline:
+            return replicas
+        time.sleep(0.5)
 
 
 def check(replicas: list, args: argparse.Namespace, served: tuple, expected: tuple) -> list[str]:

@@ -10,6 +10,15 @@
 #   docker build -f Dockerfiles/torch.Dockerfile \
 #     --build-arg USER_ID="$(id -u)" --build-arg GROUP_ID="$(id -g)" -t clip-server:torch .
 #   docker run --gpus all -p 51000:51000 -v "$HOME/.cache:/home/cas/.cache" clip-server:torch
+# Stage 1: setup.py's requirements as files (Dockerfiles/requirements.py), so that the big layer
+# below depends on what the image installs alone, not on the rest of setup.py.
+FROM python:3.11-slim-bookworm AS requirements
+WORKDIR /src
+COPY setup.py README.md ./
+COPY clip_server/__init__.py ./clip_server/
+COPY Dockerfiles/requirements.py ./
+RUN python requirements.py setup.py /requirements
+
 FROM python:3.11-slim-bookworm
 
 ARG PIP_VERSION=26.3
@@ -24,18 +33,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /opt/clip_server
 
-# The dependencies (5.5 GB, minutes) in a layer of their own, from setup.py and the version line
-# alone (README.md, the long description, stands in empty): editing the code or the README then
-# rebuilds in seconds. Everything up to here is the same in the three Dockerfiles, so their
-# images share this layer on disk and in a registry. triton is removed: it compiles kernels for
-# torch.compile, which clip_server never calls (900 MB).
-COPY setup.py ./
-COPY clip_server/__init__.py ./clip_server/
-RUN touch README.md \
-    && pip install --no-cache-dir "pip==${PIP_VERSION}" \
-    && pip install --no-cache-dir /opt/clip_server \
+# The dependencies (5 GB, minutes) in a layer of their own that needs nothing but their list:
+# editing the code, the README or setup.py's other extras then rebuilds in seconds. Everything up
+# to here is the same in the three Dockerfiles, so their images share this layer on disk and in a
+# registry. triton is removed: it compiles GPU kernels for torch.compile, which clip_server never
+# calls (900 MB).
+COPY --from=requirements /requirements/base.txt /tmp/requirements/
+RUN pip install --no-cache-dir "pip==${PIP_VERSION}" \
+    && pip install --no-cache-dir --requirement /tmp/requirements/base.txt \
     && pip uninstall --yes triton
 
+# The package itself, without dependencies (they are all above; with them pip would put triton back).
 COPY setup.py README.md ./
 COPY clip_server ./clip_server
 RUN pip install --no-cache-dir --no-deps --force-reinstall /opt/clip_server \

@@ -105,7 +105,8 @@ class Container:
             self.process.stdin.close()
 
     def output(self) -> str:
-        self._log_file.flush()
+        if not self._log_file.closed:
+            self._log_file.flush()
         return self.log.read_text(errors='replace')
 
     def wait_ready(self, protocol: str = 'grpc', port: int = 51000, timeout: float = 300) -> float:

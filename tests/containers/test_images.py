@@ -91,7 +91,8 @@ executors:
 
 
 def test_tensorrt_flow_refuses_in_one_line_without_tensorrt_and_gpu(image, container, caches):
-    server = container(image('torch'), 'tensorrt-flow.yml', cache=caches['torch'])
+    """The ONNX image has what the TensorRT runtime needs but TensorRT itself (and here, a GPU)."""
+    server = container(image('onnx'), 'tensorrt-flow.yml', cache=caches['onnx'])
     assert server.wait_exit(timeout=180) == 1
     errors = [line for line in server.output().splitlines() if line.startswith('clip_server: error:')]
     assert len(errors) == 1, server.output()[-3000:]

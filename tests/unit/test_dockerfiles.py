@@ -1,13 +1,16 @@
 """The Dockerfiles: hadolint-clean, and built the way the docs say (non-root user, entrypoint, cache)."""
 
+import importlib.metadata
 import json
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from clip_server.__main__ import BUNDLED_FLOWS
 from clip_server.model.weights import cache_dir
@@ -96,35 +99,59 @@ def test_entrypoint_is_the_cli_and_cmd_picks_the_bundled_flow(dockerfile):
 
 def test_installs_the_runtime_extra_and_names_its_executor(dockerfile):
     extra, module, _ = IMAGES[dockerfile.name]
-    run = ' '.join(values(dockerfile, 'RUN'))
-    pattern = r'pip install --no-cache-dir (--no-deps --force-reinstall )?"?/opt/clip_server(?:\[(\w+)\])?"?'
-    installs = re.findall(pattern, run)
-    assert (extra or '') in {found_extra for _, found_extra in installs}
-    assert installs[-1] == ('--no-deps --force-reinstall ', '')  # last, the package itself from the whole source
+    runs = values(dockerfile, 'RUN')
+    installed = re.findall(r'pip install --no-cache-dir --requirement /tmp/requirements/(\w+)\.txt', ' '.join(runs))
+    assert installed == ['base'] + ([extra] if extra else [])
     if extra:
         assert re.search(rf"['\"]{extra}['\"]\s*:", (REPO / 'setup.py').read_text()), f'no [{extra}] extra'
-    assert f'- {module}' in run.replace('\\n', '\n')  # config.yml for `jina executor --uses config.yml`
+    # the package itself comes last, from the whole source, its dependencies being in place
+    assert [run for run in runs if '/opt/clip_server' in run][-1].startswith(
+        'pip install --no-cache-dir --no-deps --force-reinstall /opt/clip_server'
+    )
+    assert f'- {module}' in ' '.join(runs).replace('\\n', '\n')  # config.yml for `jina executor --uses`
+
+
+def test_the_requirement_files_are_what_setup_py_declares(tmp_path):
+    """requirements.py against the installed distribution's own metadata (pip's reading of setup.py)."""
+    subprocess.run(
+        [sys.executable, str(DOCKERFILES / 'requirements.py'), str(REPO / 'setup.py'), str(tmp_path)], check=True
+    )
+    declared = importlib.metadata.requires('clip-server')
+
+    def canonical(requirement: str) -> str:
+        return str(Requirement(requirement.split(';')[0])).lower().replace('_', '-')
+
+    for name, marker in (('base', None), ('onnx', 'onnx'), ('tensorrt', 'tensorrt')):
+        written = sorted(map(canonical, (tmp_path / f'{name}.txt').read_text().splitlines()))
+        if marker is None:
+            expected = [r for r in declared if 'extra ==' not in r]
+        else:
+            expected = [r for r in declared if f'extra == "{marker}"' in r]
+        assert written == sorted(map(canonical, expected)), name
 
 
 def dependency_layer(path: Path) -> list[tuple[str, str]]:
-    """The instructions up to the first RUN that installs the dependencies (the big layer)."""
+    """The image's instructions up to the RUN that installs the dependencies (the big layer)."""
     steps = instructions(path)
-    first = next(i for i, (kw, rest) in enumerate(steps) if kw == 'RUN' and 'pip install' in rest)
-    return steps[: first + 1]
+    big = next(i for i, (kw, rest) in enumerate(steps) if kw == 'RUN' and '--requirement' in rest)
+    start = max(i for i, (kw, _) in enumerate(steps[:big]) if kw == 'FROM')
+    return steps[start : big + 1]
 
 
 def test_the_dependency_layer_is_the_same_in_every_dockerfile():
-    """Byte-identical instructions give one shared layer (5.5 GB stored once, built once)."""
+    """Byte-identical instructions give one shared layer (5 GB stored once, built once)."""
     layers = {name: dependency_layer(DOCKERFILES / name) for name in IMAGES}
     assert len({tuple(layer) for layer in layers.values()}) == 1, layers
-    assert values(DOCKERFILES / 'tensorrt.Dockerfile', 'FROM') == ['python:3.11-slim-bookworm']  # not NGC's
+    assert values(DOCKERFILES / 'tensorrt.Dockerfile', 'FROM')[-1] == 'python:3.11-slim-bookworm'  # not NGC's
 
 
 def test_the_dependency_layer_needs_neither_the_code_nor_the_user(dockerfile):
-    """Editing clip_server/ or README.md, or building for another user id, reuses the big layer."""
+    """Editing clip_server/, README.md or setup.py's other lines, or building for another user id,
+    reuses the big layer: it copies nothing but the requirement list."""
     layer = dependency_layer(dockerfile)
-    copied = [source for kw, rest in layer if kw == 'COPY' for source in rest.split()[:-1]]
-    assert copied == ['setup.py', 'clip_server/__init__.py']
+    assert [rest for kw, rest in layer if kw == 'COPY'] == [
+        '--from=requirements /requirements/base.txt /tmp/requirements/'
+    ]
     assert not any('USER_ID' in rest or 'GROUP_ID' in rest for _, rest in layer)
 
 
@@ -142,6 +169,8 @@ def test_cache_lives_in_the_home_of_cas(dockerfile, monkeypatch):
 def test_build_context_holds_what_the_image_copies(dockerfile):
     ignore = (DOCKERFILES / f'{dockerfile.name}.dockerignore').read_text().splitlines()
     for copy in values(dockerfile, 'COPY'):
+        if copy.startswith('--from='):
+            continue  # from the first stage, not from the build context
         *sources, _ = copy.split()
         for source in sources:
             assert (REPO / source).exists(), source

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         tally = run(flow, args.paths, args.batch_size, args.delete_missing, sys.stderr)
-    except Unusable as error:
+    except (Unusable, Refused) as error:  # Refused: a listing or deletion the server would not take
         print(f'error: {error}', file=sys.stderr)
         return 2
     seconds = time.monotonic() - started

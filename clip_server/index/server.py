@@ -69,7 +69,8 @@ def _failure(error: Exception, url: str) -> Exception:
     message = _message(error)
     if REFUSAL in message or 'UNAUTHENTICATED' in message:
         return Unusable(f'{url} refused the token: pass the right one with --token (or CLIP_AUTH_TOKEN)')
-    if isinstance(error, BadServer) or (isinstance(error, ValueError) and isinstance(error.args[0], dict)):
+    answered = isinstance(error, BadServer) or (isinstance(error, ValueError) and isinstance(error.args[0], dict))
+    if answered or 'RESOURCE_EXHAUSTED' in message:  # gRPC's refusal of a request over max_request_bytes
         return Refused(message)
     return Unusable(f'cannot use {url}: {message}')
 

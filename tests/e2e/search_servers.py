@@ -16,9 +16,9 @@ SHAPES = {'red-circle': ('red', 'ellipse'), 'blue-square': ('blue', 'rectangle')
 CAPTIONS = ['a red apple on a table', 'a blue car in the rain', 'a green field of grass']
 
 
-def serve(tiny_weights, folder: Path, index: bool = True, token: str | None = TOKEN):
+def serve(tiny_weights, folder: Path, index: bool = True, token: str | None = TOKEN, **gateway_options):
     """The tiny model's Flow on gRPC and HTTP (ports in `.grpc`, `.http`), with an index in
-    `folder`/index when `index`, token auth when `token`."""
+    `folder`/index when `index`, token auth when `token`, and the gateway's other options."""
     grpc, http = free_port(), free_port()
     yaml_text = flow_yaml(
         [grpc, http],
@@ -36,7 +36,9 @@ def serve(tiny_weights, folder: Path, index: bool = True, token: str | None = TO
           - clip_server.executors.indexer
 """
     if token:
-        yaml_text += f'gateway:\n  uses_with:\n    auth_tokens: [{token}]\n'
+        gateway_options['auth_tokens'] = [token]
+    if gateway_options:
+        yaml_text += 'gateway:\n  uses_with:\n' + ''.join(f'    {k}: {v}\n' for k, v in gateway_options.items())
     server = start_server(folder, yaml_text, grpc)
     server.grpc, server.http = grpc, http
     return server

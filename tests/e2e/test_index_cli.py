@@ -17,11 +17,12 @@ from search_servers import CAPTIONS, TOKEN, index_command, make_files, serve
 from helpers import encoded, sample_image, server_env
 
 AUTH = (('authorization', TOKEN),)
+MAX_REQUEST_BYTES = 4 * 2**20
 
 
 @pytest.fixture(scope='module')
 def server(tiny_weights, tmp_path_factory):
-    running = serve(tiny_weights, tmp_path_factory.mktemp('index-cli'))
+    running = serve(tiny_weights, tmp_path_factory.mktemp('index-cli'), max_request_bytes=MAX_REQUEST_BYTES)
     yield running
     running.stop()
 
@@ -44,6 +45,7 @@ def test_indexes_reports_failures_and_resumes_with_only_what_changed(server, tmp
     files = make_files(tmp_path)
     (files / 'broken.jpg').write_bytes(b'not a jpeg at all')
     (files / 'latin1.txt').write_bytes(b'caf\xe9 au lait\n')
+    (files / 'huge.png').write_bytes(bytes(MAX_REQUEST_BYTES + 1))  # over the gateway's limit on its own
     address = f'grpc://127.0.0.1:{server.grpc}'
 
     first = index_command(str(files), str(tmp_path / 'missing'), '--server', address, '--batch-size', '2')
@@ -51,9 +53,10 @@ def test_indexes_reports_failures_and_resumes_with_only_what_changed(server, tmp
     assert f'failed: {files / "broken.jpg"}: cannot decode image' in first.stderr
     assert f'failed: {files / "latin1.txt"}: not UTF-8 text' in first.stderr
     assert f'failed: {tmp_path / "missing"}: no such file or folder' in first.stderr
-    assert 'indexing: 7/7 (100%)' in first.stderr and 'items/s' in first.stderr
+    assert f'failed: {files / "huge.png"}: gRPC error: StatusCode.RESOURCE_EXHAUSTED' in first.stderr
+    assert 'indexing: 8/8 (100%)' in first.stderr and 'items/s' in first.stderr
     assert '\r' not in first.stderr + first.stdout  # a log gets plain lines, not a redrawn bar
-    assert first.stdout.startswith('indexed 6, skipped 0 (already indexed), failed 3, deleted 0;')
+    assert first.stdout.startswith('indexed 6, skipped 0 (already indexed), failed 4, deleted 0;')
     assert count(server) == 6  # 3 pictures and 3 captions
 
     query = post(server, '/search', DocumentArray([Document(text=CAPTIONS[1])]), limit=1)[0]
@@ -61,12 +64,12 @@ def test_indexes_reports_failures_and_resumes_with_only_what_changed(server, tmp
     assert query.matches[0].tags['source'] == str(files / 'captions.txt')
 
     again = index_command(str(files), '--server', address)
-    assert again.stdout.startswith('indexed 0, skipped 6 (already indexed), failed 2,')
+    assert again.stdout.startswith('indexed 0, skipped 6 (already indexed), failed 3,')
 
     (files / 'captions.txt').write_text(f'{CAPTIONS[0]}\na new second line\n{CAPTIONS[2]}\n')
     (files / 'more' / 'green-disc.png').unlink()
     changed = index_command(str(files), '--server', address, '--delete-missing')
-    assert changed.stdout.startswith('indexed 1, skipped 4 (already indexed), failed 2, deleted 1;'), changed.stdout
+    assert changed.stdout.startswith('indexed 1, skipped 4 (already indexed), failed 3, deleted 1;'), changed.stdout
     assert count(server) == 5
 
 

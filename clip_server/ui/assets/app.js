@@ -96,7 +96,11 @@ function tool(name, run) {
     if (!file) return;
     if (!file.type.startsWith('image/')) return show(error, `${file.name} is not an image.`);
     $(`${name}-text`).value = '';  // the query is the image now
-    send({ image: await dataUri(file) });
+    try {
+      send({ image: await dataUri(file) });
+    } catch (failure) {
+      show(error, failure.message);
+    }
   }
 
   const input = $(`${name}-file`);

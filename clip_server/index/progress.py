@@ -21,6 +21,7 @@ class Progress:
         self._started = self._shown = time.monotonic()
 
     def advance(self, count: int) -> None:
+        """Count `count` more items done (indexed or failed); shown when a redraw or log line is due."""
         self.done += count
         now = time.monotonic()
         if now - self._shown >= self._interval or self.done >= self.total:
@@ -37,14 +38,17 @@ class Progress:
         self._stream.flush()
 
     def close(self) -> None:
+        """End the redrawn line, so that what follows starts on its own."""
         if self._terminal:
             self._stream.write('\n')
             self._stream.flush()
 
     def rate(self) -> float:
+        """Items per second since the start."""
         return self.done / max(time.monotonic() - self._started, 1e-9)
 
     def line(self) -> str:
+        """Items done of the total, the rate and the time left: with a bar on a terminal."""
         rate = self.rate()
         left = _duration((self.total - self.done) / rate) if rate > 0 else '?'
         share = self.done / self.total if self.total else 1.0

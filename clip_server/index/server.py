@@ -50,9 +50,11 @@ class Flow:
                 return found
 
     def index(self, docs: DocumentArray) -> None:
+        """Send `docs` to `/index` in one request; `Refused` names what the server would not take."""
         self._post('/index', docs, {})
 
     def delete(self, ids: list[str]) -> None:
+        """Remove these documents from the index, `PAGE` ids a request (the gateway's documents limit)."""
         for start in range(0, len(ids), PAGE):
             self._post('/delete', DocumentArray(Document(id=doc_id) for doc_id in ids[start : start + PAGE]), {})
 

@@ -77,6 +77,7 @@ class UIRoutes:
         self._model: dict | None = None
 
     def install(self, app: FastAPI) -> None:
+        """Add the routes to jina's HTTP app (left out of its OpenAPI schema: they are the page's own)."""
         app.add_api_route('/ui/api/info', self.info, methods=['GET'], include_in_schema=False)
         for name in ('search', 'rank', 'encode'):
             app.add_api_route(f'/ui/api/{name}', self._answering(name), methods=['POST'], include_in_schema=False)
@@ -92,6 +93,7 @@ class UIRoutes:
         return JSONResponse({**model, 'search': search, 'count': count})
 
     def _answering(self, name: str) -> Callable[[Request], Awaitable[JSONResponse]]:
+        """The route of one tool: the body read as a JSON object, the tool's answer timed, errors as `detail`."""
         answer = getattr(self, f'_{name}')
 
         async def route(request: Request) -> JSONResponse:

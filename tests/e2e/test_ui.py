@@ -9,6 +9,7 @@ import os
 import shutil
 
 import pytest
+import requests
 from PIL import Image
 from search_servers import CAPTIONS, TOKEN, index_command, make_files, serve
 from selenium import webdriver
@@ -150,6 +151,31 @@ def test_a_flow_without_an_index_shows_rank_and_encode_but_no_search(browser, ti
         assert console_errors(browser) == []
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ('path', 'body', 'status', 'detail'),
+    [
+        ('search', b'{"text": ', 400, 'the request body is not valid JSON'),
+        ('search', b'["a list"]', 400, 'the request body must be a JSON object'),
+        ('search', b'{"text": "a", "image": "data:image/png;base64,AA=="}', 400, 'send either text or image'),
+        ('search', b'{"image": "/etc/passwd"}', 400, 'image must be the picture itself as a data:image/... URI'),
+        ('search', b'{"text": "a", "limit": 101}', 400, 'limit must be a whole number from 1 to 100'),
+        ('rank', b'{"text": "a", "labels": "one label"}', 400, 'labels must be a list of texts'),
+        ('rank', b'{"text": "a", "labels": ["  ", ""]}', 400, 'give at least one label to rank'),
+        ('rank', b'{"text": "a", "labels": [' + b'"x",' * 100 + b'"y"]}', 413, '101 labels, over the 100'),
+    ],
+)
+def test_the_page_routes_refuse_bad_requests_in_a_sentence(indexed, path, body, status, detail):
+    server = indexed[0]
+    url = f'http://127.0.0.1:{server.http}/ui/api/{path}'
+    answer = requests.post(url, data=body, headers={'Authorization': TOKEN}, timeout=30)
+    assert answer.status_code == status and answer.json()['detail'].startswith(detail), answer.text
+    refused = requests.post(url, data=body, timeout=30)
+    assert refused.status_code == 401 and refused.json() == {'detail': 'missing or wrong authorization token'}
+    page = requests.get(f'http://127.0.0.1:{server.http}/ui', timeout=30)  # the page itself needs no token
+    assert page.status_code == 200 and 'script-src' not in page.headers['content-security-policy']
+    assert page.headers['content-security-policy'].startswith("default-src 'self'")
 
 
 def _screenshot(browser) -> None:

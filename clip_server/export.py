@@ -475,7 +475,7 @@ def export_compose(flow_text: str, output: Path, options: ComposeOptions) -> Pat
         'volumes': {COMPOSE_CACHE_VOLUME: {}},
     }
     header = (
-        '# Written by `python -m clip_server.export docker-compose`; see docs/docker.md.\n'
+        '# Written by `python -m clip_server.export docker-compose`; see deploy/README.md.\n'
         '#   CLIP_SERVER_INTERNAL_TOKEN="$(openssl rand -hex 32)" docker compose -f FILE up -d\n'
     )
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,9 @@ def container(workload: dict) -> dict:
 
 
 def arg(spec: dict, name: str) -> str:
-    return spec['args'][spec['args'].index(name) + 1]
+    """The value after option `name` in a container's args (Kubernetes) or command (compose)."""
+    args = spec['args'] if 'args' in spec else spec['command']
+    return args[args.index(name) + 1]
 
 
 def secret_env(spec: dict) -> dict[str, tuple[str, str]]:
@@ -229,6 +231,41 @@ def test_an_executor_named_by_a_file_is_refused_with_what_to_write(tmp_path):
     assert done.returncode == 1
     assert re.search(r"executor clip: `uses:` must be a mapping with `jtype:`.*'my-encoder.yml'", done.stderr)
     assert not (tmp_path / 'k8s').exists()
+
+
+def test_the_committed_compose_file_is_what_the_command_writes(tmp_path):
+    """deploy/docker-compose.yml stays in step with deploy/compose-flow.yml and the command
+    (tests/containers/test_compose.py runs it with an engine)."""
+    deploy = Path(__file__).resolve().parents[2] / 'deploy'
+    done = subprocess.run(
+        [sys.executable, '-m', 'clip_server.export', 'docker-compose', str(deploy / 'compose-flow.yml')]
+        + [str(tmp_path / 'compose.yml'), '--image', 'clip-server:torch'],
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / 'compose.yml').read_text() == (deploy / 'docker-compose.yml').read_text(), (
+        'regenerate it: python -m clip_server.export docker-compose deploy/compose-flow.yml '
+        'deploy/docker-compose.yml --image clip-server:torch'
+    )
+    services = yaml.safe_load((deploy / 'docker-compose.yml').read_text())['services']
+    assert sorted(services) == ['clip-t-rep-0', 'clip-t-rep-1', 'gateway', 'input-errors']
+    for name, service in services.items():
+        assert service['restart'] == 'unless-stopped', name
+        assert service['environment'][INTERNAL_TOKEN_ENV].startswith('${CLIP_SERVER_INTERNAL_TOKEN:?'), name
+        assert service['healthcheck']['test'][:3] == ['CMD', 'python', '-c'], name
+    gateway = services['gateway']
+    assert arg(gateway, '--uses') == 'ClipGateway' and gateway['ports'] == ['51000:51000', '51001:51001']
+    assert '127.0.0.1:51001/health/ready' in gateway['healthcheck']['test'][3]
+    assert int(gateway['stop_grace_period'].rstrip('s')) > 30  # over drain_seconds
+    assert json.loads(arg(gateway, '--deployments-addresses'))['clip_t'] == ['clip-t-rep-0:8081', 'clip-t-rep-1:8081']
+    for replica in ('clip-t-rep-0', 'clip-t-rep-1'):
+        assert services[replica]['volumes'] == ['clip-cache:/home/cas/.cache']  # one cache, shared
+        assert yaml.safe_load(arg(services[replica], '--uses'))['jtype'] == 'CLIPEncoder'
+        assert json.loads(arg(services[replica], '--uses-dynamic-batching'))['encode']['preferred_batch_size'] == 32
+    assert 'ports' not in services['clip-t-rep-0']  # executors are reached on the network only
 
 
 # --- the pods' commands, run here ---

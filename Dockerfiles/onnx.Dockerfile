@@ -7,9 +7,9 @@
 #   Dockerfiles/build.sh onnx      (or, by hand:)
 #   docker build -f Dockerfiles/onnx.Dockerfile \
 #     --build-arg USER_ID="$(id -u)" --build-arg GROUP_ID="$(id -g)" -t clip-server:onnx .
-# GPU: swap in onnxruntime-gpu. Its CUDA 12 build needs CUDA 12 and cuDNN 9 libraries: the torch wheel
-# installs them as Python packages, and onnxruntime finds them once torch is imported in the process
-# (or after `onnxruntime.preload_dlls()`, onnxruntime >= 1.21).
+# GPU: swap in onnxruntime-gpu. Its builds on the package index (1.31) are for CUDA 13 and cuDNN 9,
+# as the torch wheels are: it uses the libraries that torch installs as Python packages, found once
+# torch is imported in the process (or after `onnxruntime.preload_dlls()`, onnxruntime >= 1.21).
 #   docker build -f Dockerfiles/onnx.Dockerfile --build-arg ONNXRUNTIME=onnxruntime-gpu \
 #     --build-arg USER_ID="$(id -u)" --build-arg GROUP_ID="$(id -g)" -t clip-server:onnx-gpu .
 #   docker run --gpus all -p 51000:51000 -v "$HOME/.cache:/home/cas/.cache" clip-server:onnx-gpu onnx-flow.yml

@@ -1,5 +1,5 @@
 """The Flow as the indexing command uses it: `/sources`, `/index` and `/delete`, through jina's
-client (gRPC, HTTP or WebSocket), the token sent as clip_client sends it. Each protocol fails in
+client (gRPC or HTTP), the token sent as clip_client sends it. Each protocol fails in
 its own way; here every failure becomes one of two: the request was refused (`Refused`: its
 message names the document), or the server cannot be used at all (`Unusable`: stop)."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from docarray import Document, DocumentArray
 from jina import Client
+from jina.clients.grpc import GRPCClient
 from jina.excepts import BadServer
 
 from clip_server.auth import REFUSAL
@@ -23,7 +24,7 @@ class Unusable(Exception):
 
 
 class Flow:
-    """One search Flow at `url` (`grpc://host:port`, `http://...`, `websocket://...`)."""
+    """One search Flow at `url` (`grpc://host:port` or `http://host:port`; `grpcs://`, `https://`)."""
 
     def __init__(self, url: str, token: str | None):
         self.url = url
@@ -31,7 +32,7 @@ class Flow:
         self._client.logger.logger.disabled = True  # it logs each failure whole; this command reports them
         if not token:
             self._credential = {}
-        elif url.startswith('grpc'):
+        elif isinstance(self._client, GRPCClient):  # grpc://, grpcs:// or a bare host:port
             self._credential = {'metadata': (('authorization', token),)}
         else:
             self._credential = {'headers': {'Authorization': token}}

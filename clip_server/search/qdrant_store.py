@@ -83,7 +83,11 @@ class QdrantStore:
         models = self._models
         hashed = models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key='tags.sha256'))])
         points, following = self._client.scroll(
-            self.collection, scroll_filter=hashed, limit=limit, offset=cursor or None, with_payload=True
+            self.collection,
+            scroll_filter=hashed,
+            limit=limit,
+            offset=cursor or None,
+            with_payload=[ID_FIELD, 'tags'],  # not the previews
         )
         page = [_source(point.payload or {}) for point in points]
         return page, str(following or '')

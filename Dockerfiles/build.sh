@@ -28,7 +28,7 @@ HOST_PIP_CONFIG=0
 EXTRA=()
 RUNTIMES=()
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -1,4 +1,5 @@
-"""What `pip install .` (as the Dockerfiles run it) puts on a machine: the package and its bundled YAMLs."""
+"""What `pip install .` (as the Dockerfiles run it) puts on a machine: the package, its bundled YAMLs
+and the web page's files (served from the package: no CDN)."""
 
 import os
 import subprocess
@@ -8,6 +9,7 @@ import zipfile
 from helpers import REPO
 
 BUNDLED = ('torch-flow.yml', 'onnx-flow.yml', 'tensorrt-flow.yml', 'search-flow.yml')
+PAGE = ('index.html', 'app.js', 'style.css')
 
 
 def test_a_built_wheel_serves_its_bundled_flows_outside_the_checkout(tmp_path):
@@ -29,7 +31,9 @@ def test_a_built_wheel_serves_its_bundled_flows_outside_the_checkout(tmp_path):
         timeout=300,
     )
     (wheel,) = tmp_path.glob('clip_server-*.whl')
-    assert {f'clip_server/resources/{name}' for name in BUNDLED} <= set(zipfile.ZipFile(wheel).namelist())
+    packed = set(zipfile.ZipFile(wheel).namelist())
+    assert {f'clip_server/resources/{name}' for name in BUNDLED} <= packed
+    assert {f'clip_server/ui/assets/{name}' for name in PAGE} <= packed
 
     site = tmp_path / 'site'
     subprocess.run(

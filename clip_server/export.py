@@ -124,6 +124,10 @@ def export_kubernetes(flow_text: str, output_dir: Path, options: KubernetesOptio
     one for the gateway, as jina lays them out); return the files written."""
     from jina import Flow
 
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise ExportError(
+            f'{output_dir} is not empty: give a new folder (`kubectl apply -R` would apply older manifests with these)'
+        )
     flow, plan = _containerized(_load(flow_text), options.image, options.gpus_per_encoder, probes_over_http=True)
     _for_kubernetes(flow, plan, options)
     with tempfile.TemporaryDirectory() as jina_dir:
@@ -153,7 +157,9 @@ def _load(flow_text: str) -> dict:
     try:
         flow = yaml.safe_load(flow_text)
     except yaml.YAMLError as error:
-        raise ExportError(f'invalid YAML ({error}); a tag such as !CLIPEncoder: write `jtype: CLIPEncoder`') from error
+        raise ExportError(
+            f'invalid YAML: {error} (for a tag such as !CLIPEncoder, write `jtype: CLIPEncoder`)'
+        ) from error
     if not isinstance(flow, dict) or flow.get('jtype') != 'Flow':
         raise ExportError('the YAML does not describe a Flow: expected a mapping with "jtype: Flow"')
     if not isinstance(flow.get('executors'), list) or not flow['executors']:

@@ -233,6 +233,14 @@ def test_an_executor_named_by_a_file_is_refused_with_what_to_write(tmp_path):
     assert not (tmp_path / 'k8s').exists()
 
 
+def test_an_output_folder_with_files_is_refused(tmp_path):
+    (tmp_path / 'k8s' / 'old').mkdir(parents=True)
+    (tmp_path / 'k8s' / 'old' / 'old.yml').write_text('kind: Deployment\n')
+    done = export('torch-flow.yml', tmp_path / 'k8s')
+    assert done.returncode == 1 and 'is not empty: give a new folder' in done.stderr
+    assert [p.name for p in (tmp_path / 'k8s').rglob('*.yml')] == ['old.yml']
+
+
 def test_the_committed_compose_file_is_what_the_command_writes(tmp_path):
     """deploy/docker-compose.yml stays in step with deploy/compose-flow.yml and the command
     (tests/containers/test_compose.py runs it with an engine)."""

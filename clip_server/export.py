@@ -32,6 +32,8 @@ adds what it lacks:
 - Executors' Services are headless, the gateway balances over their pods (`round_robin`), and executors
   close connections after a while (`grpc.max_connection_age_ms`) so that a gateway finds new pods: a
   Service's single virtual IP would pin one gateway's long-lived gRPC connection to one encoder pod.
+- A PodDisruptionBudget per workload (node drains take one pod of it at a time), pods as non-root,
+  and Prometheus' `prometheus.io/*` annotations.
 """
 
 from __future__ import annotations
@@ -303,7 +305,7 @@ def _completed(documents: list[dict], plan: _Plan, options: KubernetesOptions) -
         if kind == 'Service':
             if plan.http_added and doc['metadata']['name'].endswith('-http'):
                 continue  # the HTTP server added for the probes is not published
-            if doc['metadata']['name'] != 'gateway':
+            if doc['spec']['selector']['app'] != 'gateway':
                 doc['spec']['clusterIP'] = 'None'  # headless: the gateway's DNS finds every pod
         if kind in ('Deployment', 'StatefulSet'):
             workload = doc['metadata']['name']
@@ -311,7 +313,7 @@ def _completed(documents: list[dict], plan: _Plan, options: KubernetesOptions) -
             if workload != 'gateway':
                 executor = next(e for e in plan.executors.values() if _dns(e.name) == workload)
             _complete_workload(doc, plan, executor, options)
-            completed.append(doc)
+            completed += [doc, _disruption_budget(doc)]
             if executor is not None and executor.encoder:
                 completed.append(_autoscaler(doc, options))
             continue
@@ -367,6 +369,17 @@ def _complete_stateful_set(doc: dict, options: KubernetesOptions) -> None:
     claim['spec'].pop('storageClassName', None)
     if options.storage_class:
         claim['spec']['storageClassName'] = options.storage_class
+
+
+def _disruption_budget(workload: dict) -> dict:
+    """At most one pod of the workload down at a time for voluntary disruptions (node drains,
+    cluster upgrades), so that draining nodes does not take every replica at once."""
+    return {
+        'apiVersion': 'policy/v1',
+        'kind': 'PodDisruptionBudget',
+        'metadata': {'name': workload['metadata']['name'], 'namespace': workload['metadata']['namespace']},
+        'spec': {'maxUnavailable': 1, 'selector': {'matchLabels': workload['spec']['selector']['matchLabels']}},
+    }
 
 
 def _resources(executor: _Executor | None, options: KubernetesOptions) -> dict:

@@ -130,6 +130,10 @@ def test_every_manifest_of_a_bundled_flow_validates_and_carries_probes_drain_and
     assert sorted(services) == sorted(['gateway', *dns.values()])  # the probes' HTTP port is not published
     assert services['gateway']['spec']['type'] == 'ClusterIP' and 'clusterIP' not in services['gateway']['spec']
 
+    budgets = of_kind(manifests, 'PodDisruptionBudget')
+    assert sorted(budgets) == sorted(running)
+    for name, budget in budgets.items():
+        assert budget['spec'] == {'maxUnavailable': 1, 'selector': {'matchLabels': {'app': name}}}
     autoscalers = of_kind(manifests, 'HorizontalPodAutoscaler')
     encoder = dns[names[0]]  # clip_t, clip_o or clip_r: the encoder comes first in every bundled Flow
     assert sorted(autoscalers) == [encoder]

@@ -16,6 +16,7 @@ import re
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -197,3 +198,39 @@ def test_the_gateway_spreads_requests_over_the_encoder_pods_and_finds_a_new_one(
         time.sleep(1)
     assert found_at is not None, 'the gateway never sent to the pod added after it started'
     print(f'the added pod got its first request {found_at:.0f} s after it was serving')  # shown with -s
+
+
+def test_a_pod_stopped_under_load_fails_no_request(cluster):
+    """What a scale-down or a rollout does to an encoder pod: SIGTERM (after preStop), then the
+    grace period. Two clients keep encoding meanwhile; the other pods take over."""
+    pod = cluster.encoders[0]
+    grace = cluster.workload('clip-t')['spec']['template']['spec']['terminationGracePeriodSeconds']
+    outcomes: list[str] = []
+    stopping = threading.Event()
+
+    def load():
+        each = client(cluster)
+        while not stopping.is_set():
+            try:
+                each.encode(['a photo of a cat', 'a dog'] * 4, batch_size=8)
+                outcomes.append('ok')
+            except Exception as error:  # counted and reported below
+                outcomes.append(f'{type(error).__name__}: {error}')
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(3)
+        stopped = subprocess.run(
+            [cluster.engine, 'stop', '-t', str(grace), pod], capture_output=True, text=True, timeout=grace + 60
+        )
+        assert stopped.returncode == 0, stopped.stderr
+        served_before = outcomes.count('ok')
+        time.sleep(5)
+    finally:
+        stopping.set()
+        for thread in threads:
+            thread.join(120)
+    assert outcomes.count('ok') > served_before  # the remaining pods serve
+    assert [o for o in outcomes if o != 'ok'] == []

@@ -264,8 +264,10 @@ def _executor(executor: dict, gpus_per_encoder: int | None) -> _Executor:
     if gpus is None:
         default = 1 if TENSORRT_MODULE in modules else 0
         gpus = (gpus_per_encoder if gpus_per_encoder is not None else default) if encoder else 0
-    timeout = int(executor.get('timeout_ready', 600_000))
-    return _Executor(name, inline, encoder, jtype in ON_A_VOLUME, int(gpus), timeout if timeout > 0 else 3_600_000)
+    timeout = int(executor.get('timeout_ready', 600_000))  # jina's default, 10 minutes
+    if timeout <= 0:  # -1 waits forever on one machine; a startup probe needs a bound: an hour
+        timeout = 3_600_000
+    return _Executor(name, inline, encoder, jtype in ON_A_VOLUME, int(gpus), timeout)
 
 
 def _adjusted_gateway(flow: dict) -> dict:

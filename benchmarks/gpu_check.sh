@@ -30,12 +30,14 @@ cd "$(dirname "$0")/.."
 export JINA_OPTOUT_TELEMETRY=1 NO_VERSION_CHECK=1 HF_HUB_OFFLINE=1
 PYTHON=${PYTHON:-python}
 
-# The GPU-only tests: `needs_gpu` in tests/unit/test_tensorrt.py (TensorRT and a CUDA GPU). No
+# The GPU-only tests: `needs_gpu` in tests/unit/test_tensorrt.py (TensorRT and a CUDA GPU) and the
+# nvJPEG cases of tests/unit/test_device_pixels.py (`needs_cuda`; its CPU cases run everywhere). No
 # other test is skipped for lack of CUDA; tests/unit/test_openclip_model.py's
 # test_bad_runtime_options_are_named only leaves out its no-CUDA assertion where CUDA is present.
 GPU_TESTS=(
   'tests/unit/test_tensorrt.py::test_tensorrt_matches_pytorch'
   'tests/unit/test_tensorrt.py::test_engines_are_built_once_and_reused'
+  'tests/unit/test_device_pixels.py::test_pixels_stay_within_tolerance_of_the_models_own_transform'
 )
 
 install=0 dry_run=0 seconds=3 wheels=''

@@ -2,12 +2,13 @@
 
 For small models on a GPU, decoding and resizing on the CPU is what limits images/s. This measures,
 at one batch size (default 256), each step and the whole path:
-- cpu: Pillow decodes, the model's own transform resizes and crops (clip_server's `Preprocessor`,
-  pixels equal to open_clip's), in a pool of `--workers` threads, then the model;
-- gpu: `torchvision.io.decode_jpeg(device='cuda')` (nvJPEG) decodes the batch, torch resizes
-  (bicubic, antialiased), crops and normalises on the GPU, then the same model.
-The gpu path's pixels are not open_clip's: their embeddings' lowest cosine to the cpu path's is
-printed, with the largest pixel difference, so the speed can be weighed against the drift.
+- Pillow: Pillow decodes, the model's own transform resizes and crops (clip_server's
+  `Preprocessor`, pixels equal to open_clip's), in a pool of `--workers` threads, then the model;
+- on the device: `DevicePixels` (`decode_on_device`): `torchvision.io.decode_jpeg` on the device
+  (nvJPEG on a GPU) decodes the batch, torch resizes (bicubic, antialiased), crops, normalises;
+- the executor itself (`CLIPEncoder.encode`), with its worker pool and with `decode_on_device`.
+The device's pixels are not open_clip's: their embeddings' lowest cosine to Pillow's is printed,
+with the largest pixel difference, so the speed can be weighed against the drift.
 
     python benchmarks/gpu_decode.py --batch 256
     python benchmarks/gpu_decode.py --device cpu --batch 16 --seconds 1   # a dry run without a GPU
@@ -16,6 +17,7 @@ printed, with the largest pixel difference, so the speed can be weighed against 
 import argparse
 import io
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import open_clip
 import torch
-import torchvision.transforms.v2.functional as F
 from PIL import Image
-from torchvision.io import decode_jpeg
 
 from clip_server.benchmark import photo_jpeg
 from clip_server.model.factory import preprocessor
@@ -44,23 +44,16 @@ def rate(step: Callable[[], object], items: int, seconds: float, device: torch.d
     return done / (time.perf_counter() - started)
 
 
-class GpuPixels:
-    """The model's transform (shortest side to S, center crop, normalise) done on the device."""
+def executor_rate(encoder, jpegs: list[bytes], seconds: float) -> tuple[float, np.ndarray]:
+    """Images/s of the served path's executor (`CLIPEncoder.encode` on documents with JPEG blobs)."""
+    from docarray import Document, DocumentArray
 
-    def __init__(self, size: int, mean, std, device: torch.device, dtype: torch.dtype):
-        self.size, self.device, self.dtype = size, device, dtype
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    def encode() -> DocumentArray:
+        docs = DocumentArray(Document(blob=jpeg) for jpeg in jpegs)
+        encoder.encode(docs, {})
+        return docs
 
-    def __call__(self, jpegs: list[torch.Tensor]) -> torch.Tensor:
-        decoded = decode_jpeg(jpegs, device=self.device)  # a list of uint8 [3, H, W] on the device
-        bicubic = F.InterpolationMode.BICUBIC
-        crops = [
-            F.center_crop(F.resize(image, [self.size], interpolation=bicubic, antialias=True), [self.size])
-            for image in decoded
-        ]
-        batch = torch.stack(crops).float().div_(255)
-        return ((batch - self.mean) / self.std).to(self.dtype)
+    return rate(encode, len(jpegs), seconds, torch.device('cpu')), encode().embeddings
 
 
 def main() -> None:
@@ -76,41 +69,59 @@ def main() -> None:
     dtype = torch.float16 if device.type == 'cuda' else torch.float32
     spec = resolve(args.model)
     jpegs = [photo_jpeg(seed) for seed in range(args.batch)]  # 640x480, like a typical photo
-    model, _, transform = open_clip.create_model_and_transforms(spec.arch, pretrained=None)
-    model = model.to(device, dtype).eval()
-    normalize = transform.transforms[-1]
-    pixels = preprocessor(spec).pixels
-    gpu_pixels = GpuPixels(spec.image_size, normalize.mean, normalize.std, device, dtype)
-    raw = [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in jpegs]
+    model = open_clip.create_model(spec.arch, pretrained=None).to(device, dtype).eval()
+    transform = preprocessor(spec)
+    on_device = transform.on_device(args.device)
 
     def encode(batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return model.encode_image(batch.to(device, dtype))
 
     def cpu_pixels(pool: ThreadPoolExecutor) -> torch.Tensor:
-        return torch.from_numpy(np.stack(list(pool.map(lambda jpeg: pixels(Image.open(io.BytesIO(jpeg))), jpegs))))
+        decoded = pool.map(lambda jpeg: transform.pixels(Image.open(io.BytesIO(jpeg))), jpegs)
+        return torch.from_numpy(np.stack(list(decoded)))
 
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
     print(f'{spec.name} {str(dtype).removeprefix("torch.")} on {name}, batch {args.batch} of 640x480 JPEGs')
-    print(f'{"path":<22} {"decode+resize/s":>15} {"whole path/s":>12}')
-    pool_pixels = {}
+    print(f'{"path":<34} {"decode+resize/s":>15} {"whole path/s":>12}')
     for workers in args.workers:
         with ThreadPoolExecutor(workers) as pool:
             prepare = rate(lambda: cpu_pixels(pool), args.batch, args.seconds, device)
             whole = rate(lambda: encode(cpu_pixels(pool)), args.batch, args.seconds, device)
             pool_pixels = cpu_pixels(pool)
-        print(f'{f"cpu, {workers} threads":<22} {prepare:>15.1f} {whole:>12.1f}', flush=True)
-    prepare = rate(lambda: gpu_pixels(raw), args.batch, args.seconds, device)
-    whole = rate(lambda: encode(gpu_pixels(raw)), args.batch, args.seconds, device)
-    print(f'{"gpu (nvJPEG + torch)":<22} {prepare:>15.1f} {whole:>12.1f}')
+        print(f'{f"Pillow, {workers} threads":<34} {prepare:>15.1f} {whole:>12.1f}', flush=True)
+    prepare = rate(lambda: on_device(jpegs), args.batch, args.seconds, device)
+    whole = rate(lambda: encode(on_device(jpegs)), args.batch, args.seconds, device)
+    print(f'{"on the device (DevicePixels)":<34} {prepare:>15.1f} {whole:>12.1f}')
     model_only = rate(lambda: encode(pool_pixels), args.batch, args.seconds, device)
-    print(f'{"model alone":<22} {"":>15} {model_only:>12.1f}')
+    print(f'{"model alone":<34} {"":>15} {model_only:>12.1f}', flush=True)
+    on_cpu, on_gpu = encode(pool_pixels).float(), encode(on_device(jpegs)).float()
+    cosine = torch.nn.functional.cosine_similarity(on_cpu, on_gpu).min().item()
+    pixel_gap = (pool_pixels.to(device) - on_device(jpegs)).abs().max().item()
+    print(f'device vs Pillow: min cosine {cosine:.5f}, largest pixel difference {pixel_gap:.3f} (normalised units)')
+    served(spec, model, jpegs, args)
     if device.type == 'cuda':
         print(f'peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB')
-    on_cpu, on_gpu = encode(pool_pixels).float(), encode(gpu_pixels(raw)).float()
-    cosine = torch.nn.functional.cosine_similarity(on_cpu, on_gpu).min().item()
-    pixel_gap = (pool_pixels.to(device).float() - gpu_pixels(raw).float()).abs().max().item()
-    print(f'gpu path vs cpu path: min cosine {cosine:.5f}, largest pixel difference {pixel_gap:.3f} (normalised units)')
+
+
+def served(spec, model: torch.nn.Module, jpegs: list[bytes], args: argparse.Namespace) -> None:
+    """The executor itself, with its worker pool (4 threads) and with `decode_on_device`."""
+    from clip_server.executors.clip_torch import CLIPEncoder
+
+    with tempfile.TemporaryDirectory() as scratch:
+        weights = f'{scratch}/weights.pt'
+        torch.save(model.float().state_dict(), weights)
+        options = dict(name=spec.arch, model_path=weights, device=args.device, minibatch_size=args.batch)
+        rates = {}
+        paths = {'executor, worker pool (4 threads)': {}, 'executor, decode_on_device': {'decode_on_device': True}}
+        for label, extra in paths.items():
+            encoder = CLIPEncoder(**options, **extra)
+            rates[label] = executor_rate(encoder, jpegs, args.seconds)
+            encoder.close()
+            print(f'{label:<34} {"":>15} {rates[label][0]:>12.1f}', flush=True)
+    (_, pool), (_, device) = rates.values()
+    cosine = (pool * device).sum(1) / np.linalg.norm(pool, axis=1) / np.linalg.norm(device, axis=1)
+    print(f'executor embeddings, decode_on_device vs worker pool: min cosine {cosine.min():.5f}')
 
 
 if __name__ == '__main__':

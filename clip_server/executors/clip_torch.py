@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
+from PIL import Image
+
 from clip_server.executors.encoder_base import CLIPEncoderBase
-from clip_server.types import AUTO, Runtime
+from clip_server.types import AUTO, ConfigurationError, Runtime
 
 
 class CLIPEncoder(CLIPEncoderBase):
@@ -15,7 +18,9 @@ class CLIPEncoder(CLIPEncoderBase):
     with native bf16 (AMX-BF16 or AVX512-BF16: 2-4x faster than fp32, cosine >= 0.999 to it),
     else fp32; `jit` runs the towers as TorchScript (open_clip models only); `model_path` names
     a local weights file, so nothing is downloaded (for M-CLIP: a folder with its checkpoint's
-    files, see `clip_server.model.families.mclip`).
+    files, see `clip_server.model.families.mclip`). `decode_on_device` decodes and resizes JPEGs
+    on the model's device (nvJPEG on a GPU: 8.6x the images/s of Pillow on 16 cores, pixels within
+    0.073 of open_clip's; see `clip_server.model.device_pixels`); other images stay on the CPU.
     """
 
     runtime = Runtime.TORCH
@@ -25,7 +30,24 @@ class CLIPEncoder(CLIPEncoderBase):
         device: str | None = None,
         jit: bool = False,
         dtype: str = AUTO,
+        decode_on_device: bool = False,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.build_model(device=device, dtype=dtype, jit=jit)
+        if decode_on_device:
+            self._decode_jpegs_on_device()
+
+    def _decode_jpegs_on_device(self) -> None:
+        """Decode JPEGs where the model runs, warmed up as the model is before serving."""
+        self.device_pixels = self.preprocessor.on_device(str(self.model.device))
+        if self.device_pixels is None:
+            raise ConfigurationError(
+                f'decode_on_device does the plain image transform only (short side resized, then a center '
+                f'crop); {self.spec.name} resizes otherwise: remove decode_on_device'
+            )
+        if not self.model.device.is_cuda:
+            self.logger.warning('decode_on_device on a CPU is slower than the worker pool: it is meant for GPUs')
+        blank = io.BytesIO()
+        Image.new('RGB', (self.spec.image_size, self.spec.image_size)).save(blank, 'JPEG')
+        self.model.encode_image(self.device_pixels([blank.getvalue()]))

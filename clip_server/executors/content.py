@@ -19,6 +19,8 @@ from PIL.JpegImagePlugin import JpegImageFile
 
 from clip_server.types import ConfigurationError, InvalidInputError
 
+ORIENTATION = 0x0112  # the EXIF tag of how a camera held the picture
+
 
 @dataclass(frozen=True)
 class ContentLimits:
@@ -128,6 +130,21 @@ def image_from_bytes(data: bytes, min_side: int | None = None, limits: ContentLi
     except Exception as exc:
         raise InvalidInputError(f'cannot decode image ({len(data)} bytes): {exc}') from exc
     return _upright(image)
+
+
+def decodable_on_device(data: bytes, limits: ContentLimits = DEFAULT_LIMITS) -> bool:
+    """Whether a file can go to `DevicePixels` (`decode_on_device`): a baseline JPEG, RGB or
+    greyscale, upright (no EXIF rotation), within the limits; read from its header alone. Anything
+    else, refusals included, takes the CPU path, which decodes it or says why not."""
+    try:
+        limits.check_image_bytes(data)
+        image = Image.open(io.BytesIO(data), formats=['JPEG'])
+        limits.check_pixels(image.width, image.height)
+        upright = image.getexif().get(ORIENTATION, 1) == 1
+    except Exception:  # not a JPEG, over a limit, a broken header: the CPU path says which
+        return False
+    progressive = image.info.get('progressive') or image.info.get('progression')
+    return image.format == 'JPEG' and image.mode in ('RGB', 'L') and upright and not progressive
 
 
 def image_from_array(array: np.ndarray, limits: ContentLimits = DEFAULT_LIMITS) -> Image.Image:

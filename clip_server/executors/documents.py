@@ -84,6 +84,13 @@ def image_of(doc: Document, min_side: int | None = None, limits: ContentLimits =
     return image_from_bytes(bytes_from_data_uri(doc.uri), min_side, limits)
 
 
+def encoded_image_of(doc: Document) -> bytes | None:
+    """The image file a document carries (its blob or data URI), or None for pixel arrays."""
+    if doc.blob:
+        return doc.blob
+    return None if doc.tensor is not None else bytes_from_data_uri(doc.uri)
+
+
 def _as_uint8(array: np.ndarray) -> np.ndarray:
     """JSON transports turn uint8 pixels into int64: take integers that fit a byte back."""
     if array.dtype != np.uint8 and np.issubdtype(array.dtype, np.integer) and array.size:

@@ -19,13 +19,14 @@ from docarray import Document, DocumentArray
 from jina import Executor, requests
 from PIL import Image
 
-from clip_server.executors.content import DEFAULT_LIMITS, ContentLimits
+from clip_server.executors.content import DEFAULT_LIMITS, ContentLimits, decodable_on_device
 from clip_server.executors.documents import (
     ERROR_TAG,
     TOKENS_TAG,
     Failure,
     Modality,
     drop_image_content,
+    encoded_image_of,
     image_of,
     split_by_modality,
     summary,
@@ -33,6 +34,7 @@ from clip_server.executors.documents import (
 )
 from clip_server.executors.ranking import rank_matches
 from clip_server.model import factory
+from clip_server.model.device_pixels import DevicePixels
 from clip_server.model.encoder import Encoder
 from clip_server.model.factory import EncoderOptions
 from clip_server.model.preprocess import Preprocessor
@@ -61,6 +63,7 @@ class CLIPEncoderBase(Executor):
 
     runtime: ClassVar[Runtime]
     model: Encoder
+    device_pixels: DevicePixels | None = None  # JPEGs decoded on the model's device (`decode_on_device`)
 
     def __init__(
         self,
@@ -238,12 +241,37 @@ class CLIPEncoderBase(Executor):
                 self._encode([doc for doc, _ in readable], tokens, self.model.encode_text, 'texts')
 
     def _encode_images(self, docs: list[Document], failed: list[Failure]) -> None:
-        """Decode and transform in the worker pool, one minibatch ahead of the model."""
+        """Decode and transform in the worker pool, one minibatch ahead of the model (with
+        `decode_on_device`, the pool only checks JPEGs, decoded together on the device here)."""
         for batch, inputs in self._prefetched(minibatches(docs, self.minibatch_size)):
             readable = _readable(batch, inputs, failed)
             if readable and self._worth_encoding(failed):
-                pixels = np.stack([array for _, array in readable])
-                self._encode([doc for doc, _ in readable], pixels, self.model.encode_image, 'images')
+                if self.device_pixels is None:
+                    pixels = np.stack([array for _, array in readable])
+                else:
+                    readable, pixels = self._on_device(readable, failed)
+                if readable and self._worth_encoding(failed):
+                    self._encode([doc for doc, _ in readable], pixels, self.model.encode_image, 'images')
+
+    def _on_device(self, readable: list[tuple[Document, Any]], failed: list[Failure]) -> tuple[list, Any]:
+        """The minibatch on the model's device; a JPEG that nvJPEG cannot decode fails alone."""
+        try:
+            return readable, self.device_pixels.batch([item for _, item in readable])
+        except RuntimeError:  # which file broke the batch is not said: try each
+            pass
+        kept = [(doc, item) for doc, item in readable if self._decodes_on_device(doc, item, failed)]
+        return kept, self.device_pixels.batch([item for _, item in kept]) if kept else None
+
+    def _decodes_on_device(self, doc: Document, item: Any, failed: list[Failure]) -> bool:
+        if not isinstance(item, bytes):
+            return True
+        try:
+            self.device_pixels([item])
+        except RuntimeError as exc:
+            self.logger.warning(f'document {doc.id} could not be decoded on the device: {exc!r}')
+            failed.append((doc, f'document {doc.id}: cannot decode image ({len(item)} bytes) as JPEG'))
+            return False
+        return True
 
     def _worth_encoding(self, failed: list[Failure]) -> bool:
         """Unbatched, a failed document fails the whole request: the model need not run for the rest
@@ -259,8 +287,13 @@ class CLIPEncoderBase(Executor):
     def _read_text(self, doc: Document) -> str:
         return text_of(doc, self._limits)
 
-    def _prepare_image(self, doc: Document) -> np.ndarray:
+    def _prepare_image(self, doc: Document) -> np.ndarray | bytes:
+        """Pixels, or with `decode_on_device` a JPEG file checked for the device (see `_on_device`)."""
         with self.monitor('preprocess_images_seconds'):
+            if self.device_pixels is not None:
+                data = encoded_image_of(doc)
+                if data is not None and decodable_on_device(data, self._limits):
+                    return data
             # large JPEGs decode at a reduced scale that keeps 2x the model's input size
             return self.preprocessor.pixels(image_of(doc, min_side=2 * self.spec.image_size, limits=self._limits))
 

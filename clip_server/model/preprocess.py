@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from clip_server.model.device_pixels import DevicePixels
 from clip_server.model.families.base import Tokenizer
 from clip_server.model.registry import ModelSpec
 
@@ -68,6 +69,14 @@ class Preprocessor:
             image = step(image)
         mean, std = self._normalization
         return (np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / np.float32(255) - mean) / std
+
+    def on_device(self, device: str) -> DevicePixels | None:
+        """This transform done on `device` for JPEG files (`clip_server.model.device_pixels`), if it
+        is the plain one (short-side resize, center crop, normalise); else None."""
+        if self._normalization is None:
+            return None
+        mean, std = (values.reshape(-1).tolist() for values in self._normalization)
+        return DevicePixels.of_transform(self._pil_steps, mean, std, device)
 
 
 def _split_transform(transform) -> tuple[list, tuple[np.ndarray, np.ndarray] | None]:

@@ -44,5 +44,6 @@ class TorchEncoder:
         return self._text(ids, mask).float().cpu().numpy()
 
     @torch.inference_mode()
-    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
-        return self._image(torch.from_numpy(pixels).to(self._device, self._dtype)).float().cpu().numpy()
+    def encode_image(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+        """`pixels` may also be a tensor already on the device (`DevicePixels`)."""
+        return self._image(torch.as_tensor(pixels).to(self._device, self._dtype)).float().cpu().numpy()

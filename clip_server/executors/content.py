@@ -20,6 +20,7 @@ from PIL.JpegImagePlugin import JpegImageFile
 from clip_server.types import ConfigurationError, InvalidInputError
 
 ORIENTATION = 0x0112  # the EXIF tag of how a camera held the picture
+END_OF_IMAGE = b'\xff\xd9'  # a JPEG's last marker
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,12 @@ def image_from_bytes(data: bytes, min_side: int | None = None, limits: ContentLi
 
 def decodable_on_device(data: bytes, limits: ContentLimits = DEFAULT_LIMITS) -> bool:
     """Whether a file can go to `DevicePixels` (`decode_on_device`): a baseline JPEG, RGB or
-    greyscale, upright (no EXIF rotation), within the limits; read from its header alone. Anything
-    else, refusals included, takes the CPU path, which decodes it or says why not."""
+    greyscale, upright (no EXIF rotation), whole (ending with its end-of-image marker: nvJPEG
+    decodes a file cut short as far as it goes, where Pillow refuses it; seen on an H200), within
+    the limits; read from its header alone. Anything else, refusals included, takes the CPU path,
+    which decodes it or says why not."""
+    if not data.endswith(END_OF_IMAGE):
+        return False
     try:
         limits.check_image_bytes(data)
         image = Image.open(io.BytesIO(data), formats=['JPEG'])

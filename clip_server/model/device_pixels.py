@@ -2,9 +2,11 @@
 
 On an H200, ViT-B-32 in fp16 encodes about 5,400 images/s while Pillow and the model's transform
 on 16 CPU threads prepare about 830/s; nvJPEG (`torchvision.io.decode_jpeg` on CUDA) with torch's
-antialiased resize prepares about 7,700/s (docs/benchmark.md, "On a GPU"). The pixels are not
-Pillow's: the largest difference measured after normalisation is 0.073, the embeddings' lowest
-cosine to the CPU path's 0.99999. So this is an option (`decode_on_device`), not the default.
+antialiased resize prepares about 7,000/s, and the executor with `decode_on_device` encodes 3,064
+photos/s instead of 376 (docs/benchmark.md, "On a GPU"). The pixels are not Pillow's: after
+normalisation they differ by up to 0.073 on 640x480 photos and 0.128 on a 97x61 picture (nvJPEG's
+chroma upsampling, magnified by the upscale); the embeddings' lowest cosine to the CPU path's is
+0.99999. So this is an option (`decode_on_device`), not the default.
 
 Only the plain transform is done here: the short side resized to S, a center crop of S x S,
 ToTensor and Normalize (open_clip's `resize_mode: shortest`, every model's default). Any other

@@ -42,6 +42,9 @@ from container_helpers import (
 from clip_server.benchmark import free_port
 
 BUILD_TIMEOUT_S = 1800  # a cold build downloads about 3 GB of wheels
+# pytest.ini's per-test timeout (300 s) counts fixtures, and the first test to ask for an image
+# builds it (about 4 minutes from an empty cache, more on a slow network): these tests get longer.
+CONTAINER_TEST_TIMEOUT_S = BUILD_TIMEOUT_S + 300
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -50,6 +53,13 @@ def pytest_configure(config: pytest.Config) -> None:
         "tensorrt_image: builds the TensorRT image, whose TensorRT libraries come from NVIDIA's package "
         'index at build time (deselect with -m "not tensorrt_image" where that cannot be reached)',
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents and item.get_closest_marker('timeout') is None:
+            item.add_marker(pytest.mark.timeout(CONTAINER_TEST_TIMEOUT_S))
 
 
 @pytest.fixture(scope='session')

@@ -118,3 +118,22 @@ def test_the_image_user_has_the_host_ids(engine, image):
     )
     assert ran.returncode == 0, ran.stderr
     assert f'uid={HOST_IDS[0]}(cas) gid={HOST_IDS[1]}(cas)' in ran.stdout
+
+
+def test_search_flow_keeps_its_index_in_the_mounted_cache_across_containers(image, container, host_cache):
+    """`docker run IMAGE search-flow.yml`: the index lives in the mounted cache, belongs to the
+    host user, and a new container on the same cache finds what the first one indexed."""
+    cache = host_cache()
+    first = container(image('torch'), 'search-flow.yml', cache=cache)
+    first.wait_ready()
+    Client(f'grpc://127.0.0.1:{first.ports[51000]}').index(TEXTS)
+    assert first.stop(STOP_GRACE_S) == 0, first.output()[-3000:]
+    assert any((cache / 'clip' / 'index' / 'default').iterdir())
+    assert not_owned_by_host_user(cache) == []
+
+    second = container(image('torch'), 'search-flow.yml', cache=cache)
+    second.wait_ready()
+    matches = Client(f'grpc://127.0.0.1:{second.ports[51000]}').search([TEXTS[1]], limit=2)[0].matches
+    assert [match.text for match in matches][0] == TEXTS[1]
+    assert matches[0].scores['cosine'].value == pytest.approx(1.0, abs=1e-3)
+    assert second.stop(STOP_GRACE_S) == 0, second.output()[-3000:]

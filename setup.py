@@ -56,7 +56,7 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.11',
     packages=find_packages(include=['clip_server', 'clip_server.*']),
-    package_data={'clip_server.resources': ['*.yml'], 'clip_server.ui': ['assets/*']},
+    package_data={'clip_server.resources': ['*.yml'], 'clip_server.gateway.ui': ['assets/*']},
     include_package_data=True,
     install_requires=SERVING + MODEL,
     extras_require={

@@ -12,7 +12,7 @@
 
 Each indexed image also keeps a small JPEG preview (at most `preview_size` pixels a side), which
 `/search` returns in a match's `tags['preview']` when asked (`previews: true`): the web page's
-thumbnails (`clip_server.ui`), without the original's bytes or a path the server would have to read.
+thumbnails (`clip_server.gateway.ui`), without the original's bytes or a path the server would have to read.
 
 The store is embedded and persistent (`clip_server.search.store`): a folder under the cache by
 default, or `index_path`. One process writes it: keep this executor at one replica (the encoder

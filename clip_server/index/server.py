@@ -10,7 +10,7 @@ from jina import Client
 from jina.clients.grpc import GRPCClient
 from jina.excepts import BadServer
 
-from clip_server.auth import REFUSAL
+from clip_server.gateway.auth import REFUSAL
 
 PAGE = 1000  # ids per /sources and /delete request (max_search_limit and max_docs_per_request allow it)
 

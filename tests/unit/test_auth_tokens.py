@@ -2,7 +2,7 @@
 
 import pytest
 
-from clip_server.auth import accepted, configured_tokens
+from clip_server.gateway.auth import accepted, configured_tokens
 from clip_server.types import ConfigurationError
 
 

@@ -12,9 +12,8 @@ import pytest
 from docarray import Document, DocumentArray
 from jina.types.request.data import DataRequest
 
-from clip_server import edge
-from clip_server.edge import DRAINING, Edge, EdgeSettings, Refusal
-from clip_server.gateway import _ClipEdge
+from clip_server.gateway import _ClipEdge, edge
+from clip_server.gateway.edge import DRAINING, Edge, EdgeSettings, Refusal
 from clip_server.types import ConfigurationError
 
 DOCS = Path(__file__).parents[2] / 'docs'

@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from clip_server import remote_images
+from clip_server.gateway import remote_images
+from clip_server.gateway.openai_api import OpenAIError, OpenAIRoutes, ServedModel, _check_model, _items
+from clip_server.gateway.remote_images import ImageFetching
 from clip_server.model.registry import same_model
-from clip_server.openai_api import OpenAIError, OpenAIRoutes, ServedModel, _check_model, _items
-from clip_server.remote_images import ImageFetching
 from clip_server.types import ConfigurationError, InvalidInputError
 
 SERVED = ServedModel('ViT-B-32::openai', 512)

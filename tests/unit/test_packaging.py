@@ -33,7 +33,7 @@ def test_a_built_wheel_serves_its_bundled_flows_outside_the_checkout(tmp_path):
     (wheel,) = tmp_path.glob('clip_server-*.whl')
     packed = set(zipfile.ZipFile(wheel).namelist())
     assert {f'clip_server/resources/{name}' for name in BUNDLED} <= packed
-    assert {f'clip_server/ui/assets/{name}' for name in PAGE} <= packed
+    assert {f'clip_server/gateway/ui/assets/{name}' for name in PAGE} <= packed
 
     site = tmp_path / 'site'
     subprocess.run(

@@ -20,9 +20,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from clip_server import remote_images
-from clip_server.openai_api import OpenAIError, OpenAIRoutes
-from clip_server.remote_images import ImageFetching
+from clip_server.gateway import remote_images
+from clip_server.gateway.openai_api import OpenAIError, OpenAIRoutes
+from clip_server.gateway.remote_images import ImageFetching
 from clip_server.types import ConfigurationError, InvalidInputError
 
 SLOW_SECONDS = 0.5

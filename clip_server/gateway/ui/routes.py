@@ -22,9 +22,9 @@ from docarray import Document, DocumentArray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from clip_server.edge import ERROR_STATUS
 from clip_server.executors.indexer import PREVIEW_TAG
-from clip_server.openai_api import OpenAIError, _json_object
+from clip_server.gateway.edge import ERROR_STATUS
+from clip_server.gateway.openai_api import OpenAIError, _json_object
 
 ASSETS = Path(__file__).parent / 'assets'
 PAGE_FILES = {'/ui': 'index.html', '/ui/': 'index.html', '/ui/app.js': 'app.js', '/ui/style.css': 'style.css'}

@@ -21,10 +21,10 @@ from docarray import Document, DocumentArray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from clip_server.edge import ERROR_STATUS, OPENAI_PATHS, error_body
 from clip_server.executors.documents import TOKENS_TAG
+from clip_server.gateway.edge import ERROR_STATUS, OPENAI_PATHS, error_body
+from clip_server.gateway.remote_images import ImageFetching
 from clip_server.model.registry import same_model
-from clip_server.remote_images import ImageFetching
 from clip_server.types import InvalidInputError
 
 # What a batch of this route asks the encoder; the same for every call, so calls share batches.

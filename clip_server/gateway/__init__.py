@@ -5,8 +5,8 @@ into the response on gRPC, HTTP and WebSocket alike, and has no switch for it. A
 gateway's responses pass through one result handler of its request streamer; these gateways
 wrap it: a client gets the error's name, its message (which names the document and the problem)
 and the request id, and the server log gets the traceback under that request id. The streamer's
-request handler is wrapped too, for the limits and the overload bound (`clip_server.edge`), and
-each server gets the edge's interceptor or middleware, then token auth (`clip_server.auth`).
+request handler is wrapped too, for the limits and the overload bound (`clip_server.gateway.edge`), and
+each server gets the edge's interceptor or middleware, then token auth (`clip_server.gateway.auth`).
 
 `python -m clip_server` serves every Flow through one of them unless the YAML names a gateway
 itself (`clip_server.flow_config`): `ClipGateway` for several protocols (jina's composite
@@ -28,23 +28,23 @@ from jina.serve.runtimes.gateway.websocket import WebSocketGateway
 from jina.serve.runtimes.servers.grpc import GRPCServer
 from jina.serve.runtimes.servers.websocket import WebSocketServer
 
-from clip_server.auth import TokenInterceptor, TokenMiddleware, configured_tokens
-from clip_server.edge import Edge, EdgeInterceptor, EdgeMiddleware, EdgeSettings
+from clip_server.gateway.auth import TokenInterceptor, TokenMiddleware, configured_tokens
+from clip_server.gateway.edge import Edge, EdgeInterceptor, EdgeMiddleware, EdgeSettings
+from clip_server.gateway.openai_api import OpenAIRoutes
+from clip_server.gateway.remote_images import ImageFetching
+from clip_server.gateway.ui.routes import UIPage, UIRoutes
 from clip_server.internal_auth import send_internal_token
-from clip_server.openai_api import OpenAIRoutes
-from clip_server.remote_images import ImageFetching
-from clip_server.ui.routes import UIPage, UIRoutes
 
 Result = Callable[[object], object]
 DEFAULTS = EdgeSettings()
 
 
 class _ClipEdge:
-    """Everything `clip_server.edge` and `clip_server.auth` add to one of jina's gateways.
+    """Everything `clip_server.gateway.edge` and `clip_server.gateway.auth` add to one of jina's gateways.
 
     Options, under `gateway: uses_with:` in the Flow YAML: `auth_tokens` (tokens in the YAML),
     `auth_tokens_env` (the environment variable that holds them, comma-separated, so that secrets
-    stay out of files), the `EdgeSettings` limits, and `fetch_images` (`clip_server.remote_images`:
+    stay out of files), the `EdgeSettings` limits, and `fetch_images` (`clip_server.gateway.remote_images`:
     the hosts the OpenAI API may fetch image URLs from; none by default).
     """
 
@@ -123,7 +123,7 @@ def _customize_apps(
 ) -> None:
     """The edge's middleware, then auth's around it, on the FastAPI apps (HTTP, WebSocket) that
     the shared request handler builds when each server starts; the OpenAI API and the web page
-    (`clip_server.ui`) on the HTTP one, the page's files outside auth (they hold no data)."""
+    (`clip_server.gateway.ui`) on the HTTP one, the page's files outside auth (they hold no data)."""
     for name in ('_http_fastapi_default_app', '_websocket_fastapi_default_app'):
         build = getattr(handler, name)
 

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 
 import grpc
 
-from clip_server.edge import DATA_RPC_PREFIXES, PROBE_PATHS, STATUS_RPC, aborting, error_body, send_json
+from clip_server.gateway.edge import DATA_RPC_PREFIXES, PROBE_PATHS, STATUS_RPC, aborting, error_body, send_json
 from clip_server.types import ConfigurationError
 
 REFUSAL = 'missing or wrong authorization token'

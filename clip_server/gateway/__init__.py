@@ -29,7 +29,9 @@ from jina.serve.runtimes.servers.grpc import GRPCServer
 from jina.serve.runtimes.servers.websocket import WebSocketServer
 
 from clip_server.gateway.auth import TokenInterceptor, TokenMiddleware, configured_tokens
-from clip_server.gateway.edge import Edge, EdgeInterceptor, EdgeMiddleware, EdgeSettings
+from clip_server.gateway.edge import Edge, EdgeSettings
+from clip_server.gateway.grpc_hooks import EdgeInterceptor
+from clip_server.gateway.http_hooks import EdgeMiddleware, ask_http_status
 from clip_server.gateway.openai_api import OpenAIRoutes
 from clip_server.gateway.remote_images import ImageFetching
 from clip_server.gateway.ui.routes import UIPage, UIRoutes
@@ -199,7 +201,7 @@ def without_tracebacks(handle_result: Result, edge: Edge, logger) -> Result:
 
     def handle(result):
         response = result if edge.refused_here(result) else handle_result(result)
-        edge.on_result(response)
+        ask_http_status(response)
         status = response.header.status
         if status.code == status.ERROR and status.exception.stacks:
             stacks = ''.join(status.exception.stacks)

@@ -17,7 +17,10 @@ from urllib.parse import parse_qs
 
 import grpc
 
-from clip_server.gateway.edge import DATA_RPC_PREFIXES, PROBE_PATHS, STATUS_RPC, aborting, error_body, send_json
+from clip_server.gateway.errors import ANSWERS, ErrorKind, error_body
+from clip_server.gateway.grpc_hooks import DATA_RPC_PREFIXES, STATUS_RPC
+from clip_server.gateway.http_hooks import PROBE_PATHS, send_json
+from clip_server.internal_auth import aborting
 from clip_server.types import ConfigurationError
 
 REFUSAL = 'missing or wrong authorization token'
@@ -56,7 +59,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         presented = [value for key, value in details.invocation_metadata or () if key.lower() == 'authorization']
         if accepted(_only(presented), self._tokens):
             return handler
-        return aborting(handler, grpc.StatusCode.UNAUTHENTICATED, REFUSAL)
+        return aborting(handler, ANSWERS[ErrorKind.UNAUTHENTICATED].grpc_code, REFUSAL)
 
 
 class TokenMiddleware:
@@ -72,8 +75,9 @@ class TokenMiddleware:
             return await self.app(scope, receive, send)
         if kind == 'websocket':
             return await send({'type': 'websocket.close', 'code': 1008, 'reason': REFUSAL})
-        body = error_body(scope['path'], 401, REFUSAL, code='invalid_api_key')
-        await send_json(send, 401, body, headers=((b'www-authenticate', b'Bearer'),))
+        body = error_body(scope['path'], ErrorKind.UNAUTHENTICATED, REFUSAL, code='invalid_api_key')
+        status = ANSWERS[ErrorKind.UNAUTHENTICATED].http_status
+        await send_json(send, status, body, headers=((b'www-authenticate', b'Bearer'),))
 
 
 def _presented(scope) -> str | None:

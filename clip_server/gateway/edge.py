@@ -12,58 +12,34 @@
 - HTTP status codes: 400 for a request that failed on its documents, 500 for other executor
   errors, 413, 429 and 503 for the refusals above (jina answers 200 with the error inside).
 
-`clip_server.gateway` wires one `Edge` into each gateway; this module knows nothing of its classes.
+This module is the policy; `grpc_hooks` and `http_hooks` apply it to each protocol's calls, and
+`errors` says what each refusal becomes on each transport. `clip_server.gateway` wires one `Edge`
+into each gateway; this module knows nothing of its classes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import inspect
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import grpc
 from docarray import DocumentArray
 from grpc_health.v1 import health_pb2
 from jina.excepts import InternalNetworkError
 from jina.helper import GATEWAY_NAME
-from jina.proto import jina_pb2
 from jina.serve.executors import __dry_run_endpoint__
 from jina.serve.networking.utils import send_health_check_async
 
-from clip_server.internal_auth import aborting, behavior_of, with_behavior
+from clip_server.gateway.errors import ErrorKind, Refusal
 from clip_server.types import ClipServerError, ConfigurationError, InvalidInputError, RequestLimitError
 
 MiB = 2**20
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-PROBE_PATHS = ('/health/live', '/health/ready')
-# jina's `/status` lists versions and the environment: this server answers it with nothing of them.
-STATUS_PATH, STATUS_BODY = '/status', {'jina': {}, 'envs': {}}
-# Endpoint discovery carries no documents but tells a client what the Flow serves: guarded like them.
-_DISCOVERY = '/jina.JinaDiscoverEndpointsRPC/'
-# gRPC services that carry documents; health, dry-run and reflection stay open for probes.
-DATA_RPC_PREFIXES = (
-    '/jina.JinaRPC/',
-    '/jina.JinaSingleDataRequestRPC/',
-    '/jina.JinaDataRequestRPC/',
-    _DISCOVERY,
-)
-# jina's single-document streaming RPC goes straight to the first executor, past the request and
-# result handlers that the edge wraps (limits, InputErrors, tracebacks): no executor here streams.
-UNSERVED_RPC_PREFIXES = ('/jina.JinaSingleDocumentRequestRPC/',)
-# jina's `_status`: its versions and environment are no anonymous caller's business (`status_of`).
-STATUS_RPC = '/jina.JinaInfoRPC/_status'
 # The most levels of chunks and matches under a top-level document that a request may carry: the
 # encoder reaches two (`access_paths: '@cc'`, a query's matches), and deeper nesting only costs.
 MAX_NESTING = 4
-# What a malformed request body makes jina's HTTP app raise while reading it (`EdgeMiddleware`).
-_MALFORMED = (ValueError, TypeError, KeyError, RecursionError)
-# The HTTP status of a request that failed with one of these errors; any other error is a 500.
-ERROR_STATUS = {InvalidInputError.__name__: 400, RequestLimitError.__name__: 413}
 
 
 @dataclass(frozen=True)
@@ -83,26 +59,7 @@ class EdgeSettings:
                 raise ConfigurationError(f'gateway option {name} must be a positive number, got {value!r}')
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """A call turned away at the door, as each protocol says it."""
-
-    http_status: int
-    grpc_code: grpc.StatusCode
-    message: str
-
-
-DRAINING = Refusal(503, grpc.StatusCode.UNAVAILABLE, 'the server is shutting down: send the request elsewhere')
-
-# The HTTP status that a request's outcome asks for; set by whatever handles the request in the
-# HTTP app's own context (the streamer runs its handlers there), read by `EdgeMiddleware`.
-_http_status: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar('clip_http_status', default=None)
-
-
-def _ask_http_status(status: int) -> None:
-    asked = _http_status.get()
-    if asked is not None:
-        asked.append(status)
+DRAINING = Refusal(ErrorKind.SHUTTING_DOWN, 'the server is shutting down: send the request elsewhere')
 
 
 class Edge:
@@ -155,8 +112,7 @@ class Edge:
             return DRAINING
         if carries_documents and self.pending >= self.max_pending:
             return Refusal(
-                429,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                ErrorKind.BUSY,
                 f'the server is busy: {self.pending} requests pending, the limit is {self.max_pending} '
                 f'(max_pending_per_replica); retry later',
             )
@@ -237,12 +193,6 @@ class Edge:
         """Whether `admitting` answered this request itself (jina's metrics never saw it start):
         jina routes every request it handles through a route named after the gateway."""
         return not any(route.executor == GATEWAY_NAME for route in response.routes)
-
-    def on_result(self, response) -> None:
-        """Ask HTTP for the status that fits a failed request (`ERROR_STATUS`)."""
-        status = response.header.status
-        if status.code == status.ERROR:
-            _ask_http_status(ERROR_STATUS.get(status.exception.name, 500))
 
     # --- readiness and drain ---
 
@@ -363,197 +313,3 @@ def _document_count(request) -> int:
         if not level:
             return count
     raise _TooDeep
-
-
-# --- gRPC ---
-
-
-class EdgeInterceptor(grpc.aio.ServerInterceptor):
-    """Counts the document-carrying calls for the drain, and refuses new ones while draining."""
-
-    def __init__(self, edge: Edge):
-        self._edge = edge
-
-    async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        if details.method.startswith(UNSERVED_RPC_PREFIXES):
-            return aborting(handler, grpc.StatusCode.UNIMPLEMENTED, 'single-document streaming is not served here')
-        if details.method == STATUS_RPC:
-            return with_behavior(handler, _anonymous_status)
-        if not details.method.startswith(DATA_RPC_PREFIXES):
-            return handler
-        refusal = self._edge.refusal(carries_documents=not details.method.startswith(_DISCOVERY))
-        if refusal is not None:
-            return aborting(handler, refusal.grpc_code, refusal.message)
-        return with_behavior(handler, self._counted(handler))
-
-    def _counted(self, handler: grpc.RpcMethodHandler) -> Callable:
-        behavior = behavior_of(handler)
-        edge = self._edge
-        if inspect.isasyncgenfunction(behavior):
-
-            async def streamed(request, context):
-                with edge.call():
-                    async for response in behavior(request, context):
-                        yield response
-
-            return streamed
-
-        async def answered(request, context):
-            with edge.call():
-                return await behavior(request, context)
-
-        return answered
-
-
-async def _anonymous_status(request, context) -> jina_pb2.JinaInfoProto:
-    """jina's `_status` without its versions, environment and addresses (`STATUS_BODY`)."""
-    return jina_pb2.JinaInfoProto()
-
-
-# --- HTTP and WebSocket (ASGI) ---
-
-
-class EdgeMiddleware:
-    """ASGI middleware for jina's HTTP and WebSocket apps: probes, body cap, drain, status codes."""
-
-    def __init__(self, app, edge: Edge):
-        self.app, self._edge = app, edge
-
-    async def __call__(self, scope, receive, send):
-        kind = scope['type']
-        if kind == 'http' and scope['path'] in PROBE_PATHS:
-            return await self._probe(scope['path'], send)
-        if kind == 'http' and scope['path'] == STATUS_PATH:
-            return await send_json(send, 200, STATUS_BODY)
-        if kind not in ('http', 'websocket'):
-            return await self.app(scope, receive, send)
-        refusal = self._edge.refusal(carries_documents=kind == 'websocket' or scope['method'] != 'GET')
-        if refusal is not None:
-            return await _refuse(scope, send, refusal)
-        with self._edge.call():
-            if kind == 'websocket':
-                return await self.app(scope, receive, send)
-            settings = self._edge.settings
-            body = await _body_within(receive, scope, settings.max_request_bytes, settings.request_body_seconds)
-            if isinstance(body, Refusal):
-                return await _refuse(scope, send, body)
-            if body is not None:  # else the client went away while sending it
-                await self._answer(scope, _replay(body, receive), send)
-
-    async def _answer(self, scope, receive, send):
-        """Run the app, replacing the 200 that jina answers an executor's error with the status that
-        the request's outcome asked for."""
-        asked: list[int] = []
-        started = False
-        token = _http_status.set(asked)
-        try:
-
-            async def send_with_status(message):
-                nonlocal started
-                if message['type'] == 'http.response.start':
-                    started = True
-                    if asked and message['status'] == 200:
-                        message = {**message, 'status': asked[-1]}
-                await send(message)
-
-            await self.app(scope, receive, send_with_status)
-        except Exception as error:
-            if started:  # too late for a status: the connection just ends
-                raise
-            await self._unreadable(scope, send, error)
-        finally:
-            _http_status.reset(token)
-
-    async def _unreadable(self, scope, send, error: Exception) -> None:
-        """jina's HTTP app raises while it turns a malformed body into documents (a NaN pixel
-        array, invalid base64, a lone surrogate): Starlette would answer a bare 500. It is the
-        request's fault: 400, naming the error's kind; the traceback stays in the server's log."""
-        status = 400 if isinstance(error, _MALFORMED) else 500
-        self._edge.logger.warning(f'{scope["method"]} {scope["path"]}: {status}, {error!r}', exc_info=error)
-        reason = (str(error).strip().splitlines() or [''])[0][:160]  # parsers' words: what, not where
-        message = f'the request cannot be read: {type(error).__name__}: {reason}' if status == 400 else 'internal error'
-        await send_json(send, status, error_body(scope['path'], status, message))
-
-    async def _probe(self, path: str, send) -> None:
-        status, body = self._edge.liveness() if path == '/health/live' else self._edge.readiness()
-        await send_json(send, status, body)
-
-
-async def _body_within(receive, scope, limit: int, seconds: float = 30.0) -> bytes | Refusal | None:
-    """The whole request body; a 413 refusal as soon as it is known to pass `limit` bytes, a 408 one
-    when it takes longer than `seconds` to arrive (a `Content-Length` larger than what is sent)."""
-    declared = dict(scope.get('headers', [])).get(b'content-length')
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return _too_large(int(declared), limit)
-    chunks, size = [], 0
-    try:
-        async with asyncio.timeout(seconds):
-            while True:
-                message = await receive()
-                if message['type'] != 'http.request':
-                    return None
-                chunks.append(message.get('body', b''))
-                size += len(chunks[-1])
-                if size > limit:
-                    return _too_large(size, limit, at_least=True)
-                if not message.get('more_body', False):
-                    return b''.join(chunks)
-    except TimeoutError:
-        return Refusal(
-            408,
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            f'the request body did not arrive within request_body_seconds ({seconds:g}): {size:,} bytes came',
-        )
-
-
-def _too_large(size: int, limit: int, at_least: bool = False) -> Refusal:
-    amount = f'at least {size:,}' if at_least else f'{size:,}'
-    return Refusal(
-        413,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f'the request body is {amount} bytes, over max_request_bytes ({limit:,})',
-    )
-
-
-def _replay(body: bytes, receive: Callable) -> Callable:
-    """An ASGI `receive` that hands the app the body read already, then the connection's own
-    messages (a disconnect)."""
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {'type': 'http.request', 'body': body, 'more_body': False}
-        return await receive()
-
-    return replay
-
-
-async def _refuse(scope, send, refusal: Refusal) -> None:
-    if scope['type'] == 'websocket':  # closed before the handshake: the client sees HTTP 403
-        return await send({'type': 'websocket.close', 'code': 1013, 'reason': refusal.message[:120]})
-    await send_json(send, refusal.http_status, error_body(scope['path'], refusal.http_status, refusal.message))
-
-
-# OpenAI's error type for each status, for the OpenAI API's paths.
-_OPENAI_ERROR_TYPES = {401: 'authentication_error', 429: 'rate_limit_error'}
-OPENAI_PATHS = '/v1/'
-
-
-def error_body(path: str, status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
-    """An error's JSON body: OpenAI's shape on the OpenAI API's paths, `{"detail": ...}` elsewhere."""
-    if not path.startswith(OPENAI_PATHS):
-        return {'detail': message}
-    kind = _OPENAI_ERROR_TYPES.get(status, 'server_error' if status >= 500 else 'invalid_request_error')
-    return {'error': {'message': message, 'type': kind, 'param': param, 'code': code}}
-
-
-async def send_json(send, status: int, body: dict, headers: tuple = ()) -> None:
-    payload = json.dumps(body).encode()
-    headers = [(b'content-type', b'application/json'), (b'content-length', str(len(payload)).encode()), *headers]
-    await send({'type': 'http.response.start', 'status': status, 'headers': headers})
-    await send({'type': 'http.response.body', 'body': payload})

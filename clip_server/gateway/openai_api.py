@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from clip_server.executors.documents import TOKENS_TAG
-from clip_server.gateway.edge import ERROR_STATUS, OPENAI_PATHS, error_body
+from clip_server.gateway.errors import ANSWERS, OPENAI_PATHS, ErrorKind, error_body, kind_of
 from clip_server.gateway.remote_images import ImageFetching
 from clip_server.model.registry import same_model
 from clip_server.types import InvalidInputError
@@ -36,12 +36,16 @@ MODEL_NOT_FOUND = 'model_not_found'
 class OpenAIError(Exception):
     """An error answered in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, kind: ErrorKind, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
-        self.status, self.param, self.code = status, param, code
+        self.kind, self.param, self.code = kind, param, code
+
+    @property
+    def status(self) -> int:
+        return ANSWERS[self.kind].http_status
 
     def response(self) -> JSONResponse:
-        return JSONResponse(error_body(OPENAI_PATHS, self.status, str(self), self.param, self.code), self.status)
+        return JSONResponse(error_body(OPENAI_PATHS, self.kind, str(self), self.param, self.code), self.status)
 
 
 @dataclass(frozen=True)
@@ -103,9 +107,9 @@ class OpenAIRoutes:
             status = response.header.status
             if status.code == status.ERROR:
                 message = status.exception.args[0] if status.exception.args else status.description
-                raise OpenAIError(ERROR_STATUS.get(status.exception.name, 500), message, 'input')
+                raise OpenAIError(kind_of(status.exception.name), message, 'input')
             return response
-        raise OpenAIError(500, 'the executors sent no response')
+        raise OpenAIError(ErrorKind.INTERNAL, 'the executors sent no response')
 
     async def _fetch_images(self, docs: DocumentArray) -> None:
         """Each image URL's bytes into its document, the URLs fetched side by side (up to
@@ -116,7 +120,7 @@ class OpenAIRoutes:
             try:
                 doc.blob = await self._fetching.fetch_async(doc.uri)
             except InvalidInputError as exc:
-                raise OpenAIError(400, f'{doc.id}: {exc}', 'input') from exc
+                raise OpenAIError(ErrorKind.INVALID, f'{doc.id}: {exc}', 'input') from exc
             doc.uri = ''
 
         await asyncio.gather(*(fetch_into(doc) for doc in docs if doc.uri.startswith(('http://', 'https://'))))
@@ -129,7 +133,7 @@ class OpenAIRoutes:
             try:
                 docs.append(self._document(doc_id, item))
             except InvalidInputError as exc:
-                raise OpenAIError(400, f'{doc_id}: {exc}', 'input') from exc
+                raise OpenAIError(ErrorKind.INVALID, f'{doc_id}: {exc}', 'input') from exc
         return docs
 
     def _document(self, doc_id: str, item) -> Document:
@@ -170,29 +174,29 @@ def _json_object(raw: bytes) -> dict:
     try:
         body = json.loads(raw)
     except RecursionError as exc:  # Python's parser recurses per level: [[[[...]]]] runs out of stack
-        raise OpenAIError(400, 'the request body is not valid JSON: nested too deeply') from exc
+        raise OpenAIError(ErrorKind.INVALID, 'the request body is not valid JSON: nested too deeply') from exc
     except ValueError as exc:
-        raise OpenAIError(400, f'the request body is not valid JSON: {exc}') from exc
+        raise OpenAIError(ErrorKind.INVALID, f'the request body is not valid JSON: {exc}') from exc
     if not isinstance(body, dict):
-        raise OpenAIError(400, 'the request body must be a JSON object')
+        raise OpenAIError(ErrorKind.INVALID, 'the request body must be a JSON object')
     return body
 
 
 def _check_model(body: dict, served: ServedModel) -> None:
     requested = body.get('model')
     if not isinstance(requested, str) or not requested:
-        raise OpenAIError(400, f'model is required: this server serves {served.name}', 'model')
+        raise OpenAIError(ErrorKind.INVALID, f'model is required: this server serves {served.name}', 'model')
     if not same_model(requested, served.name):
         raise OpenAIError(
-            404,
+            ErrorKind.NOT_FOUND,
             f'the model {requested!r} does not exist here: this server serves {served.name}',
             'model',
-            'model_not_found',
+            MODEL_NOT_FOUND,
         )
     dimensions = body.get('dimensions')
     if dimensions is not None and dimensions != served.dim:
         raise OpenAIError(
-            400,
+            ErrorKind.INVALID,
             f'dimensions must be {served.dim} for {served.name}: CLIP embeddings cannot be shortened '
             '(the model was not trained for it); leave dimensions out',
             'dimensions',
@@ -202,7 +206,9 @@ def _check_model(body: dict, served: ServedModel) -> None:
 def _encoding_format(body: dict) -> str:
     encoding = body.get('encoding_format') or 'float'
     if encoding not in ENCODING_FORMATS:
-        raise OpenAIError(400, f'encoding_format must be float or base64, got {encoding!r}', 'encoding_format')
+        raise OpenAIError(
+            ErrorKind.INVALID, f'encoding_format must be float or base64, got {encoding!r}', 'encoding_format'
+        )
     return encoding
 
 
@@ -211,10 +217,13 @@ def _items(body: dict, max_items: int) -> list:
     if isinstance(items, str):
         items = [items]
     if not isinstance(items, list) or not items:
-        raise OpenAIError(400, 'input must be a string or a non-empty list', 'input')
+        raise OpenAIError(ErrorKind.INVALID, 'input must be a string or a non-empty list', 'input')
     if len(items) > max_items:
         raise OpenAIError(
-            413, f'input has {len(items):,} items, over max_docs_per_request ({max_items:,})', 'input', 'too_many_items'
+            ErrorKind.TOO_LARGE,
+            f'input has {len(items):,} items, over max_docs_per_request ({max_items:,})',
+            'input',
+            'too_many_items',
         )
     return items
 

@@ -13,7 +13,9 @@ from docarray import Document, DocumentArray
 from jina.types.request.data import DataRequest
 
 from clip_server.gateway import _ClipEdge, edge
-from clip_server.gateway.edge import DRAINING, Edge, EdgeSettings, Refusal
+from clip_server.gateway.edge import DRAINING, Edge, EdgeSettings
+from clip_server.gateway.errors import Refusal
+from clip_server.gateway.http_hooks import _body_within
 from clip_server.types import ConfigurationError
 
 DOCS = Path(__file__).parents[2] / 'docs'
@@ -178,7 +180,7 @@ def body_receiver(chunks: list[bytes]):
     ids=['declared', 'streamed', 'within'],
 )
 def test_the_body_cap(headers, chunks, expected):
-    body = asyncio.run(edge._body_within(body_receiver(chunks), {'headers': headers}, limit=10))
+    body = asyncio.run(_body_within(body_receiver(chunks), {'headers': headers}, limit=10))
     if isinstance(expected, bytes):
         assert body == expected
     else:

@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from clip_server.executors.indexer import PREVIEW_TAG
-from clip_server.gateway.edge import ERROR_STATUS
+from clip_server.gateway.errors import ANSWERS, ErrorKind, error_body, kind_of
 from clip_server.gateway.openai_api import OpenAIError, _json_object
 
 ASSETS = Path(__file__).parent / 'assets'
@@ -38,17 +38,18 @@ PAGE_HEADERS = (
 MAX_LABELS = 100  # labels ranked in one go: a zero-shot demo, not a bulk API (that is /rank itself)
 MAX_RESULTS = 100  # search results on the page
 HEAD = 8  # embedding values shown by encode
+API_PATHS = '/ui/api/'  # the page's JSON routes, behind auth like every data path
 
 
 class UIError(Exception):
-    """A refusal answered as `{"detail": message}` with `status`."""
+    """A refusal answered as `{"detail": message}` with its kind's HTTP status."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, kind: ErrorKind, message: str):
         super().__init__(message)
-        self.status = status
+        self.kind = kind
 
     def response(self) -> JSONResponse:
-        return JSONResponse({'detail': str(self)}, self.status)
+        return JSONResponse(error_body(API_PATHS, self.kind, str(self)), ANSWERS[self.kind].http_status)
 
 
 class UIPage:
@@ -78,9 +79,9 @@ class UIRoutes:
 
     def install(self, app: FastAPI) -> None:
         """Add the routes to jina's HTTP app (left out of its OpenAPI schema: they are the page's own)."""
-        app.add_api_route('/ui/api/info', self.info, methods=['GET'], include_in_schema=False)
+        app.add_api_route(f'{API_PATHS}info', self.info, methods=['GET'], include_in_schema=False)
         for name in ('search', 'rank', 'encode'):
-            app.add_api_route(f'/ui/api/{name}', self._answering(name), methods=['POST'], include_in_schema=False)
+            app.add_api_route(f'{API_PATHS}{name}', self._answering(name), methods=['POST'], include_in_schema=False)
 
     async def info(self) -> JSONResponse:
         """The model, its dimension, and whether the Flow has an index (then how many documents)."""
@@ -102,7 +103,7 @@ class UIRoutes:
                 started = time.perf_counter()
                 result = await answer(body)
             except OpenAIError as error:  # the body is not a JSON object
-                return UIError(error.status, str(error)).response()
+                return UIError(error.kind, str(error)).response()
             except UIError as error:
                 return error.response()
             return JSONResponse({**result, 'took_ms': round((time.perf_counter() - started) * 1000, 1)})
@@ -117,12 +118,12 @@ class UIRoutes:
     async def _rank(self, body: dict) -> dict:
         labels = body.get('labels')
         if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
-            raise UIError(400, 'labels must be a list of texts, one label each')
+            raise UIError(ErrorKind.INVALID, 'labels must be a list of texts, one label each')
         labels = [label.strip() for label in labels if label.strip()]
         if not labels:
-            raise UIError(400, 'give at least one label to rank')
+            raise UIError(ErrorKind.INVALID, 'give at least one label to rank')
         if len(labels) > MAX_LABELS:
-            raise UIError(413, f'{len(labels)} labels, over the {MAX_LABELS} this page ranks at once')
+            raise UIError(ErrorKind.TOO_LARGE, f'{len(labels)} labels, over the {MAX_LABELS} this page ranks at once')
         query = _query(body)
         query.matches = DocumentArray(Document(id=f'label {i}', text=label) for i, label in enumerate(labels, 1))
         ranked = (await self._send(query, '/rank', {'drop_image_content': True}))[0].matches
@@ -149,28 +150,30 @@ class UIRoutes:
             status = response.header.status
             if status.code == status.ERROR:
                 message = status.exception.args[0] if status.exception.args else status.description
-                raise UIError(ERROR_STATUS.get(status.exception.name, 500), message)
+                raise UIError(kind_of(status.exception.name), message)
             return response.docs
-        raise UIError(502, 'the executors sent no response')
+        raise UIError(ErrorKind.NO_RESPONSE, 'the executors sent no response')
 
 
 def _query(body: dict) -> Document:
     """The query of a request body: `{"text": ...}` or `{"image": "data:image/...;base64,..."}`."""
     text, image = body.get('text'), body.get('image')
     if (text is None) == (image is None):
-        raise UIError(400, 'send either text or image, not both or neither')
+        raise UIError(ErrorKind.INVALID, 'send either text or image, not both or neither')
     if text is not None:
         if not isinstance(text, str) or not text.strip():
-            raise UIError(400, 'text must be a non-empty string')
+            raise UIError(ErrorKind.INVALID, 'text must be a non-empty string')
         return Document(id='query', text=text)
     if not isinstance(image, str) or not image.startswith('data:image/'):
-        raise UIError(400, 'image must be the picture itself as a data:image/... URI (the server opens no paths)')
+        raise UIError(
+            ErrorKind.INVALID, 'image must be the picture itself as a data:image/... URI (the server opens no paths)'
+        )
     return Document(id='query', uri=image)
 
 
 def _count(value, name: str, most: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
-        raise UIError(400, f'{name} must be a whole number from 1 to {most}, got {value!r:.32}')
+        raise UIError(ErrorKind.INVALID, f'{name} must be a whole number from 1 to {most}, got {value!r:.32}')
     return value
 
 

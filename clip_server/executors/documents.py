@@ -45,11 +45,6 @@ def modality(doc: Document) -> Modality:
 # A document the encoder could not read, with the reason (naming the document).
 Failure = tuple[Document, str]
 
-# The tag that carries a document's failure to the `InputErrors` executor (cross-request batching).
-ERROR_TAG = 'clip_server_error'
-# How many tokens a text became (after cutting to the context), set when a request asks `count_tokens`.
-TOKENS_TAG = 'clip_server_tokens'
-
 
 def split_by_modality(docs: DocumentArray) -> tuple[dict[Modality, list[Document]], list[Failure]]:
     """The documents grouped by what they hold, and those that hold something not accepted."""

@@ -21,8 +21,6 @@ from PIL import Image
 
 from clip_server.executors.content import DEFAULT_LIMITS, ContentLimits, decodable_on_device
 from clip_server.executors.documents import (
-    ERROR_TAG,
-    TOKENS_TAG,
     Failure,
     Modality,
     drop_image_content,
@@ -40,6 +38,17 @@ from clip_server.model.factory import EncoderOptions
 from clip_server.model.preprocess import Preprocessor
 from clip_server.model.registry import DEFAULT_MODEL, ModelSpec
 from clip_server.types import AUTO, ConfigurationError, InvalidInputError, Runtime, auto_dtype
+from clip_server.wire import (
+    BOOKKEEPING,
+    COUNT_TOKENS,
+    DIM_TAG,
+    DROP_IMAGE_CONTENT,
+    ERROR_TAG,
+    MODEL_INFO,
+    MODEL_TAG,
+    RANK,
+    TOKENS_TAG,
+)
 
 METRICS = {
     'preprocess_texts_seconds': 'Seconds spent tokenizing one minibatch of texts',
@@ -153,7 +162,7 @@ class CLIPEncoderBase(Executor):
         replicas = getattr(self.runtime_args, 'replicas', 1) or 1
         return max(1, (os.cpu_count() or 1) // replicas)
 
-    @requests(on='/rank')
+    @requests(on=RANK)
     def rank(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
         queries = self._selected(docs, parameters)
         everything = list(queries) + [match for query in queries for match in query.matches]
@@ -162,28 +171,28 @@ class CLIPEncoderBase(Executor):
         for query in queries:
             if id(query) not in unread and not any(id(match) in unread for match in query.matches):
                 rank_matches(query, self.model.scoring)
-        if parameters.get('drop_image_content', False):
+        if parameters.get(DROP_IMAGE_CONTENT, False):
             drop_image_content(everything)
         self._report(failed)
         return docs
 
-    @requests(on=['/delete', '/count', '/sources'])
+    @requests(on=list(BOOKKEEPING))
     def bookkeeping(self, **kwargs: Any) -> None:
         """The index's bookkeeping endpoints (`CLIPIndexer`) carry ids, not content: nothing to encode."""
 
-    @requests(on='/model_info')
+    @requests(on=MODEL_INFO)
     def model_info(self, docs: DocumentArray, **kwargs: Any) -> DocumentArray:
         """The served model's name and embedding size, on each document (the gateway's OpenAI API
         asks, as only the executor knows which model it loaded)."""
         for doc in docs:
-            doc.tags.update(model=self.spec.name, dim=self.spec.dim)
+            doc.tags.update({MODEL_TAG: self.spec.name, DIM_TAG: self.spec.dim})
         return docs
 
     @requests
     def encode(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
         targets = list(self._selected(docs, parameters))
-        failed = self._embed(targets, skip_empty=True, count_tokens=bool(parameters.get('count_tokens')))
-        if parameters.get('drop_image_content', False):
+        failed = self._embed(targets, skip_empty=True, count_tokens=bool(parameters.get(COUNT_TOKENS)))
+        if parameters.get(DROP_IMAGE_CONTENT, False):
             drop_image_content(targets)
         self._report(failed)
         return docs

@@ -32,10 +32,25 @@ from clip_server.executors.documents import Modality, image_of, modality
 from clip_server.model.weights import cache_dir
 from clip_server.search.store import Hit, Item, Store, VectorStore
 from clip_server.types import ConfigurationError, InvalidInputError
+from clip_server.wire import (
+    COUNT,
+    COUNT_TAG,
+    CURSOR,
+    DELETE,
+    IDS,
+    INDEX,
+    LIMIT,
+    NEXT_TAG,
+    PREVIEW_TAG,
+    PREVIEWS,
+    SEARCH,
+    SHA256_TAG,
+    SOURCE_TAG,
+    SOURCES,
+)
 
 DEFAULT_LIMIT = 10
 SOURCES_PAGE = 1000  # /sources entries per page (the gateway caps `limit` at max_search_limit)
-PREVIEW_TAG = 'preview'  # a match's preview, as a data URI, with `previews: true`
 PREVIEW_QUALITY = 70  # JPEG quality: a 128-pixel preview takes 2-8 KB
 
 
@@ -59,7 +74,7 @@ class CLIPIndexer(Executor):
         self._preview_size = preview_size
         self.logger.info(f'index at {self._store.folder}: {self._store.count()} documents')
 
-    @requests(on='/index')
+    @requests(on=INDEX)
     def index(self, docs: DocumentArray, **kwargs: Any) -> DocumentArray:
         unembedded = [doc.id for doc in docs if doc.embedding is None]
         if unembedded:
@@ -67,42 +82,42 @@ class CLIPIndexer(Executor):
         self._store.add([Item(doc.id, doc.embedding, self._payload(doc)) for doc in docs])
         return docs
 
-    @requests(on='/search')
+    @requests(on=SEARCH)
     def search(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
-        limit = _positive_int(parameters.get('limit', DEFAULT_LIMIT), 'limit')
+        limit = _positive_int(parameters.get(LIMIT, DEFAULT_LIMIT), LIMIT)
         queries = [doc for doc in docs if doc.embedding is not None]
         if not queries:
             return docs
         found = self._store.search([query.embedding for query in queries], limit)
-        previews = parameters.get('previews') is True
+        previews = parameters.get(PREVIEWS) is True
         for query, hits in zip(queries, found, strict=True):
             query.matches = DocumentArray([_match(hit, query.id, previews) for hit in hits])
         return docs
 
-    @requests(on='/delete')
+    @requests(on=DELETE)
     def delete(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
-        ids = [doc.id for doc in docs] + _ids(parameters.get('ids', []))
+        ids = [doc.id for doc in docs] + _ids(parameters.get(IDS, []))
         removed = self._store.remove(ids)
         self.logger.info(f'deleted {removed} of {len(ids)} documents asked for')
         return docs
 
-    @requests(on='/count')
+    @requests(on=COUNT)
     def count(self, **kwargs: Any) -> DocumentArray:
-        return DocumentArray([Document(tags={'count': self._store.count()})])
+        return DocumentArray([Document(tags={COUNT_TAG: self._store.count()})])
 
-    @requests(on='/sources')
+    @requests(on=SOURCES)
     def sources(self, parameters: dict, **kwargs: Any) -> DocumentArray:
         """One document: the page's entries as its matches (id, `tags` source and sha256), and the
         next page's cursor in `tags['next']` (empty on the last page); `parameters.cursor` asks for it."""
-        limit = _positive_int(parameters.get('limit', SOURCES_PAGE), 'limit')
-        cursor = parameters.get('cursor') or ''
+        limit = _positive_int(parameters.get(LIMIT, SOURCES_PAGE), LIMIT)
+        cursor = parameters.get(CURSOR) or ''
         if not isinstance(cursor, str):
             raise InvalidInputError(f'parameter cursor must be the tags.next of the page before, got {cursor!r:.64}')
         page, following = self._store.sources(cursor, limit)
         entries = DocumentArray(
-            Document(id=entry.id, tags={'source': entry.source, 'sha256': entry.sha256}) for entry in page
+            Document(id=entry.id, tags={SOURCE_TAG: entry.source, SHA256_TAG: entry.sha256}) for entry in page
         )
-        return DocumentArray([Document(tags={'next': following}, matches=entries)])
+        return DocumentArray([Document(tags={NEXT_TAG: following}, matches=entries)])
 
     def close(self) -> None:
         self._store.close()

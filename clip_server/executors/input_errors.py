@@ -15,8 +15,9 @@ from typing import Any
 from docarray import Document, DocumentArray
 from jina import Executor, requests
 
-from clip_server.executors.documents import ERROR_TAG, summary
+from clip_server.executors.documents import summary
 from clip_server.types import InvalidInputError
+from clip_server.wire import ERROR_TAG
 
 
 class InputErrors(Executor):

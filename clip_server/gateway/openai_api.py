@@ -21,14 +21,14 @@ from docarray import Document, DocumentArray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from clip_server.executors.documents import TOKENS_TAG
 from clip_server.gateway.errors import ANSWERS, OPENAI_PATHS, ErrorKind, error_body, kind_of
 from clip_server.gateway.remote_images import ImageFetching
 from clip_server.model.registry import same_model
 from clip_server.types import InvalidInputError
+from clip_server.wire import COUNT_TOKENS, DIM_TAG, DROP_IMAGE_CONTENT, MODEL_INFO, MODEL_TAG, TOKENS_TAG
 
 # What a batch of this route asks the encoder; the same for every call, so calls share batches.
-ENCODE_PARAMETERS = {'drop_image_content': True, 'count_tokens': True}
+ENCODE_PARAMETERS = {DROP_IMAGE_CONTENT: True, COUNT_TOKENS: True}
 ENCODING_FORMATS = ('float', 'base64')
 MODEL_NOT_FOUND = 'model_not_found'
 
@@ -91,9 +91,9 @@ class OpenAIRoutes:
     async def _model(self) -> ServedModel:
         """The model the encoder serves, asked once (only the executor knows it)."""
         if self._served is None:
-            response = await self._send(DocumentArray([Document()]), '/model_info', {})
+            response = await self._send(DocumentArray([Document()]), MODEL_INFO, {})
             tags = response.docs[0].tags
-            self._served = ServedModel(tags['model'], int(tags['dim']))
+            self._served = ServedModel(tags[MODEL_TAG], int(tags[DIM_TAG]))
         return self._served
 
     async def _encode(self, docs: DocumentArray) -> DocumentArray:

@@ -21,6 +21,7 @@ from docarray import Document, DocumentArray
 from clip_server.index.files import Item, batches, find_files, items_of
 from clip_server.index.progress import Progress
 from clip_server.index.server import Flow, Refused, Unusable
+from clip_server.wire import SHA256_TAG, SOURCE_TAG
 
 MAX_BATCH_BYTES = 16 * 2**20  # well under the gateway's max_request_bytes (100 MiB by default)
 
@@ -110,7 +111,7 @@ def _index(flow: Flow, pairs: list[tuple[Item, Document]], progress: Progress, t
 
 
 def _document(item: Item) -> Document:
-    tags = {'source': item.source, 'sha256': item.sha256}
+    tags = {SOURCE_TAG: item.source, SHA256_TAG: item.sha256}
     if item.text is not None:
         return Document(id=item.id, text=item.text, tags=tags)
     return Document(id=item.id, blob=Path(item.source).read_bytes(), uri=item.source, tags=tags)

@@ -11,6 +11,7 @@ from jina.clients.grpc import GRPCClient
 from jina.excepts import BadServer
 
 from clip_server.gateway.auth import REFUSAL
+from clip_server.wire import CURSOR, DELETE, INDEX, LIMIT, NEXT_TAG, SHA256_TAG, SOURCE_TAG, SOURCES
 
 PAGE = 1000  # ids per /sources and /delete request (max_search_limit and max_docs_per_request allow it)
 
@@ -42,22 +43,22 @@ class Flow:
         found: dict[str, tuple[str, str]] = {}
         cursor = ''
         while True:
-            page = self._post('/sources', DocumentArray([Document()]), {'cursor': cursor, 'limit': PAGE})
-            if not page or 'next' not in page[0].tags:
+            page = self._post(SOURCES, DocumentArray([Document()]), {CURSOR: cursor, LIMIT: PAGE})
+            if not page or NEXT_TAG not in page[0].tags:
                 raise Unusable(f'{self.url} has no search index: serve a Flow with CLIPIndexer (search-flow.yml)')
-            found.update({entry.id: (entry.tags['source'], entry.tags['sha256']) for entry in page[0].matches})
-            cursor = page[0].tags['next']
+            found.update({entry.id: (entry.tags[SOURCE_TAG], entry.tags[SHA256_TAG]) for entry in page[0].matches})
+            cursor = page[0].tags[NEXT_TAG]
             if not cursor:
                 return found
 
     def index(self, docs: DocumentArray) -> None:
         """Send `docs` to `/index` in one request; `Refused` names what the server would not take."""
-        self._post('/index', docs, {})
+        self._post(INDEX, docs, {})
 
     def delete(self, ids: list[str]) -> None:
         """Remove these documents from the index, `PAGE` ids a request (the gateway's documents limit)."""
         for start in range(0, len(ids), PAGE):
-            self._post('/delete', DocumentArray(Document(id=doc_id) for doc_id in ids[start : start + PAGE]), {})
+            self._post(DELETE, DocumentArray(Document(id=doc_id) for doc_id in ids[start : start + PAGE]), {})
 
     def _post(self, endpoint: str, docs: DocumentArray, parameters: dict) -> DocumentArray:
         try:

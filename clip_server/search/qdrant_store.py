@@ -15,6 +15,7 @@ import numpy as np
 
 from clip_server.search.store import Hit, Item, Source, check_dimension, query_rows, vectors_of
 from clip_server.types import ConfigurationError, require
+from clip_server.wire import SHA256_TAG, SOURCE_TAG
 
 ID_FIELD = '_clip_server_id'
 NAMESPACE = uuid.UUID('5c3b8f04-3a55-4b53-9e1b-0ad1b6d3a4c1')  # fixed: the same id, the same point
@@ -81,7 +82,9 @@ class QdrantStore:
         if self.dim is None:
             return [], ''
         models = self._models
-        hashed = models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key='tags.sha256'))])
+        hashed = models.Filter(
+            must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key=f'tags.{SHA256_TAG}'))]
+        )
         points, following = self._client.scroll(
             self.collection,
             scroll_filter=hashed,
@@ -115,7 +118,7 @@ def _payload(item: Item) -> dict:
 
 def _source(payload: dict) -> Source:
     tags = payload.get('tags') or {}
-    return Source(payload[ID_FIELD], str(tags.get('source') or ''), str(tags['sha256']))
+    return Source(payload[ID_FIELD], str(tags.get(SOURCE_TAG) or ''), str(tags[SHA256_TAG]))
 
 
 def _hit(point) -> Hit:

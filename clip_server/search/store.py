@@ -26,6 +26,7 @@ import numpy as np
 from usearch.index import Index
 
 from clip_server.types import ConfigurationError, InvalidInputError
+from clip_server.wire import SHA256_TAG, SOURCE_TAG
 
 DATABASE = 'index.sqlite3'
 SNAPSHOT = 'vectors-{generation}.usearch'  # the search structure as of that write generation
@@ -182,8 +183,8 @@ class VectorStore:
         """Up to `limit` documents with a content hash, by id after `cursor` (`''`: from the first),
         and the cursor of the next page (`''`: none). One pass over the ids, `limit` rows at a time."""
         rows = self._db.execute(
-            "SELECT id, json_extract(payload, '$.tags.source'), json_extract(payload, '$.tags.sha256') FROM items "
-            "WHERE id > ? AND json_extract(payload, '$.tags.sha256') IS NOT NULL ORDER BY id LIMIT ?",
+            f"SELECT id, json_extract(payload, '$.tags.{SOURCE_TAG}'), json_extract(payload, '$.tags.{SHA256_TAG}') "
+            f"FROM items WHERE id > ? AND json_extract(payload, '$.tags.{SHA256_TAG}') IS NOT NULL ORDER BY id LIMIT ?",
             (cursor, limit),
         ).fetchall()
         page = [Source(doc_id, str(source or ''), str(sha256)) for doc_id, source, sha256 in rows]

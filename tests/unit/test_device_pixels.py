@@ -17,12 +17,12 @@ from PIL import Image
 
 from clip_server.executors.clip_torch import CLIPEncoder
 from clip_server.executors.content import decodable_on_device
-from clip_server.executors.documents import ERROR_TAG
 from clip_server.model.device_pixels import DevicePixels
 from clip_server.model.factory import preprocessor
 from clip_server.model.preprocess import Preprocessor
 from clip_server.model.registry import resolve
 from clip_server.types import ConfigurationError
+from clip_server.wire import ERROR_TAG
 from helpers import encoded, sample_image
 
 # torch's antialiased bicubic is not Pillow's, nor nvJPEG's chroma upsampling libjpeg's: on an H200,

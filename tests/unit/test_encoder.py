@@ -11,9 +11,9 @@ from docarray import Document, DocumentArray
 from PIL import Image
 
 from clip_server.executors.clip_torch import CLIPEncoder
-from clip_server.executors.documents import ERROR_TAG
 from clip_server.executors.input_errors import InputErrors
 from clip_server.types import InvalidInputError
+from clip_server.wire import ERROR_TAG
 from helpers import encoded, reference_image_embeddings, reference_text_embeddings, sample_image
 
 

@@ -59,8 +59,21 @@ def test_the_model_layer_imports_neither_serving_nor_executors(name):
     assert not found, f'{name} imports {sorted(found)}'
 
 
-def test_shared_types_import_nothing_of_the_package():
-    assert not {t for t in imports('clip_server.types') if t.startswith('clip_server')}
+@pytest.mark.parametrize('name', ['clip_server.types', 'clip_server.wire'])
+def test_shared_types_and_the_wire_contract_import_nothing_of_the_package(name):
+    assert not {t for t in imports(name) if t.startswith('clip_server')}
+
+
+@pytest.mark.parametrize('name', sorted(n for n in MODULES if n.startswith('clip_server.gateway')))
+def test_the_gateway_imports_no_executors_and_of_the_model_layer_only_its_registry(name):
+    """The gateway talks to executors over the wire (`clip_server.wire`), not through their code."""
+    found = {
+        target
+        for target in package_imports(name)
+        if target.startswith('clip_server.executors')
+        or (target.startswith('clip_server.model') and not target.startswith('clip_server.model.registry'))
+    }
+    assert not found, f'{name} imports {sorted(found)}'
 
 
 def _compared_names(tree: ast.AST) -> list[str]:

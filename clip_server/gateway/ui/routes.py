@@ -22,9 +22,23 @@ from docarray import Document, DocumentArray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from clip_server.executors.indexer import PREVIEW_TAG
 from clip_server.gateway.errors import ANSWERS, ErrorKind, error_body, kind_of
 from clip_server.gateway.openai_api import OpenAIError, _json_object
+from clip_server.wire import (
+    COUNT,
+    COUNT_TAG,
+    DIM_TAG,
+    DROP_IMAGE_CONTENT,
+    ENCODE,
+    LIMIT,
+    MODEL_INFO,
+    MODEL_TAG,
+    PREVIEW_TAG,
+    PREVIEWS,
+    RANK,
+    SEARCH,
+    SOURCE_TAG,
+)
 
 ASSETS = Path(__file__).parent / 'assets'
 PAGE_FILES = {'/ui': 'index.html', '/ui/': 'index.html', '/ui/app.js': 'app.js', '/ui/style.css': 'style.css'}
@@ -87,8 +101,8 @@ class UIRoutes:
         """The model, its dimension, and whether the Flow has an index (then how many documents)."""
         try:
             model = await self._model_info()
-            search = '/search' in await self._served_endpoints()
-            count = int((await self._send(Document(), '/count', {}))[0].tags['count']) if search else None
+            search = SEARCH in await self._served_endpoints()
+            count = int((await self._send(Document(), COUNT, {}))[0].tags[COUNT_TAG]) if search else None
         except UIError as error:
             return error.response()
         return JSONResponse({**model, 'search': search, 'count': count})
@@ -112,7 +126,7 @@ class UIRoutes:
 
     async def _search(self, body: dict) -> dict:
         limit = _count(body.get('limit', 12), 'limit', MAX_RESULTS)
-        query = (await self._send(_query(body), '/search', {'limit': limit, 'previews': True}))[0]
+        query = (await self._send(_query(body), SEARCH, {LIMIT: limit, PREVIEWS: True}))[0]
         return {'matches': [_found(match) for match in query.matches]}
 
     async def _rank(self, body: dict) -> dict:
@@ -126,20 +140,20 @@ class UIRoutes:
             raise UIError(ErrorKind.TOO_LARGE, f'{len(labels)} labels, over the {MAX_LABELS} this page ranks at once')
         query = _query(body)
         query.matches = DocumentArray(Document(id=f'label {i}', text=label) for i, label in enumerate(labels, 1))
-        ranked = (await self._send(query, '/rank', {'drop_image_content': True}))[0].matches
+        ranked = (await self._send(query, RANK, {DROP_IMAGE_CONTENT: True}))[0].matches
         return {'ranked': [_scored(match) for match in ranked]}
 
     async def _encode(self, body: dict) -> dict:
         model = await self._model_info()
-        doc = (await self._send(_query(body), '/encode', {'drop_image_content': True}))[0]
+        doc = (await self._send(_query(body), ENCODE, {DROP_IMAGE_CONTENT: True}))[0]
         vector = np.asarray(doc.embedding, dtype=np.float32)
         return {**model, 'norm': float(np.linalg.norm(vector)), 'head': [round(float(v), 4) for v in vector[:HEAD]]}
 
     async def _model_info(self) -> dict:
         """The served model's name and dimension, asked once (only the encoder knows them)."""
         if self._model is None:
-            tags = (await self._send(Document(), '/model_info', {}))[0].tags
-            self._model = {'model': tags['model'], 'dim': int(tags['dim'])}
+            tags = (await self._send(Document(), MODEL_INFO, {}))[0].tags
+            self._model = {'model': tags[MODEL_TAG], 'dim': int(tags[DIM_TAG])}
         return self._model
 
     async def _send(self, doc: Document, endpoint: str, parameters: dict) -> DocumentArray:
@@ -184,7 +198,7 @@ def _found(match: Document) -> dict:
         'score': match.scores['cosine'].value,
         'text': match.text,
         'uri': match.uri,
-        'source': str(match.tags.get('source') or ''),
+        'source': str(match.tags.get(SOURCE_TAG) or ''),
         'preview': str(match.tags.get(PREVIEW_TAG) or ''),
     }
 

@@ -108,9 +108,10 @@ def test_a_killed_replica_costs_at_most_its_requests_then_the_other_serves(tiny_
     server = start_server(tmp_path, replicated_flow(tiny_weights, tmp_path, port, 2), port)
     try:
         client, outcomes = Client(f'grpc://127.0.0.1:{port}'), []
-        deadline, killed = time.monotonic() + 10, None
-        while time.monotonic() < deadline:
-            if killed is None and time.monotonic() > deadline - 7:
+        # counted in requests, not seconds: on a busy machine a second may hold only one request
+        deadline, killed = time.monotonic() + 120, None
+        while time.monotonic() < deadline and len(outcomes) < 4 + 1 + 20:
+            if killed is None and len(outcomes) == 4:
                 killed = probed(server)[0][1]
                 os.kill(killed, signal.SIGKILL)
                 outcomes.append('kill')
@@ -120,7 +121,7 @@ def test_a_killed_replica_costs_at_most_its_requests_then_the_other_serves(tiny_
                 outcomes.append(False)
         after = outcomes[outcomes.index('kill') + 1 :]
         print('failed after the kill:', after.count(False), 'of', len(after))
-        assert outcomes.index('kill') > 3 and len(after) > 10, outcomes
+        assert all(outcomes[:4]) and len(after) > 10, outcomes
         assert after.count(False) <= 2, outcomes  # at most the requests in flight at the kill
         assert all(after[-5:]), outcomes  # then every request is served by the other replica
     finally:

@@ -16,6 +16,18 @@ SHAPES = {'red-circle': ('red', 'ellipse'), 'blue-square': ('blue', 'rectangle')
 CAPTIONS = ['a red apple on a table', 'a blue car in the rain', 'a green field of grass']
 
 
+def indexer_executor(index_path: Path) -> str:
+    """A Flow YAML's executors entry for `CLIPIndexer` with its index in `index_path`."""
+    return f"""  - name: index
+    uses:
+      jtype: CLIPIndexer
+      with: {{index_path: {index_path}}}
+      metas:
+        py_modules:
+          - clip_server.executors.indexer
+"""
+
+
 def serve(tiny_weights, folder: Path, index: bool = True, token: str | None = TOKEN, **gateway_options):
     """The tiny model's Flow on gRPC and HTTP (ports in `.grpc`, `.http`), with an index in
     `folder`/index when `index`, token auth when `token`, and the gateway's other options."""
@@ -27,14 +39,7 @@ def serve(tiny_weights, folder: Path, index: bool = True, token: str | None = TO
         batching=(32, 10),
     )
     if index:
-        yaml_text += f"""  - name: index
-    uses:
-      jtype: CLIPIndexer
-      with: {{index_path: {folder / 'index'}}}
-      metas:
-        py_modules:
-          - clip_server.executors.indexer
-"""
+        yaml_text += indexer_executor(folder / 'index')
     if token:
         gateway_options['auth_tokens'] = [token]
     if gateway_options:

@@ -22,6 +22,7 @@ from docarray import Document, DocumentArray
 from jina import Client as JinaClient
 from jina.proto import jina_pb2, jina_pb2_grpc
 from jina.types.request.data import DataRequest, SingleDocumentRequest
+from search_servers import indexer_executor
 
 from helpers import encoded, flow_yaml, free_port, sample_image, start_server
 
@@ -43,14 +44,9 @@ def server(tiny_weights, tmp_path_factory):
         with_params={'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit'])},
         batching=(16, 5),
     )
-    yaml_text += f"""  - name: index
-    uses:
-      jtype: CLIPIndexer
-      with: {{index_path: {folder / 'index'}}}
-      metas:
-        py_modules:
-          - clip_server.executors.indexer
-gateway:
+    yaml_text += (
+        indexer_executor(folder / 'index')
+        + f"""gateway:
   uses_with:
     auth_tokens: [{TOKEN}]
     max_docs_per_request: {MAX_DOCS}
@@ -58,6 +54,7 @@ gateway:
     request_body_seconds: 2
     drain_seconds: 20
 """
+    )
     running = start_server(folder, yaml_text, ports[0], env={'CLIP_TEST_UNUSED': '1'}, is_ready=_ready_on(ports[1]))
     running.ports = dict(zip(PROTOCOLS, ports, strict=True))
     running.tree = psutil.Process(running.process.pid)

@@ -27,7 +27,7 @@ import open_clip
 import torch
 from PIL import Image
 
-from clip_server.benchmark import photo_jpeg
+from clip_server.benchmark.inputs import photo_jpeg
 from clip_server.model.factory import preprocessor
 from clip_server.model.registry import resolve
 

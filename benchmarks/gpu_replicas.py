@@ -31,7 +31,8 @@ from docarray import Document, DocumentArray
 from PIL import Image
 
 from clip_server.__main__ import bundled_flow
-from clip_server.benchmark import ServerProcess, free_port, photo_jpeg
+from clip_server.benchmark.inputs import photo_jpeg
+from clip_server.benchmark.processes import ServerProcess, free_port
 from clip_server.model.families.openclip import create_open_clip_model
 from clip_server.model.registry import resolve
 

@@ -17,8 +17,8 @@ import requests
 import torch
 from PIL import Image
 
-from clip_server.benchmark import free_port as free_port  # re-exported: the tests take it from here
-from clip_server.benchmark import interrupt
+from clip_server.benchmark.processes import free_port as free_port  # re-exported: the tests take it from here
+from clip_server.benchmark.processes import interrupt
 from clip_server.model.factory import EncoderOptions, build_encoder
 from clip_server.model.registry import ModelSpec
 from clip_server.types import Runtime

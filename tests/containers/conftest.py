@@ -39,7 +39,7 @@ from container_helpers import (
     has_image,
 )
 
-from clip_server.benchmark import free_port
+from clip_server.benchmark.processes import free_port
 
 BUILD_TIMEOUT_S = 1800  # a cold build downloads about 3 GB of wheels
 # pytest.ini's per-test timeout (300 s) counts fixtures, and the first test to ask for an image

@@ -29,7 +29,7 @@ import yaml
 from clip_client import Client
 from container_helpers import REPO, expected_texts
 
-from clip_server.benchmark import free_port
+from clip_server.benchmark.processes import free_port
 
 COMPOSE_FLOW = REPO / 'deploy' / 'compose-flow.yml'
 CLIENT_TOKEN = 'compose-client-token'

@@ -27,7 +27,7 @@ import yaml
 from clip_client import Client
 from container_helpers import expected_texts
 
-from clip_server.benchmark import free_port
+from clip_server.benchmark.processes import free_port
 
 pytestmark = pytest.mark.timeout(2400)  # the session's image build may happen in the first test
 START_TIMEOUT_S = 600

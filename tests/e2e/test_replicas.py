@@ -19,7 +19,7 @@ from pathlib import Path
 import requests
 from clip_client import Client
 
-from clip_server.benchmark import session_pids
+from clip_server.benchmark.processes import session_pids
 from helpers import Server, flow_yaml, free_port, start_server
 
 PROBE = """import os

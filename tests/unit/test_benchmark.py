@@ -11,25 +11,20 @@ import torch
 import yaml
 from PIL import Image
 
-from clip_server.benchmark import (
-    BenchmarkError,
-    Rate,
-    Row,
+from clip_server.benchmark import BenchmarkError
+from clip_server.benchmark.flows import (
     absolute_py_modules,
-    batches,
-    captions,
     ceiling_flow,
-    cpu_name,
     encoder_options,
     executor_config,
     load_flow,
-    markdown_table,
-    photo_jpeg,
-    server_ratios,
-    session_pids,
     use_local_ports,
     use_random_weights,
 )
+from clip_server.benchmark.inputs import batches, captions, photo_jpeg
+from clip_server.benchmark.measure import Rate, Row
+from clip_server.benchmark.processes import session_pids
+from clip_server.benchmark.report import cpu_name, markdown_table, server_ratios
 from clip_server.model.registry import resolve
 
 FLOW = textwrap.dedent(

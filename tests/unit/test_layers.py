@@ -96,3 +96,12 @@ def test_family_and_dtype_are_not_compared_outside_the_tables(name):
     assert 'family' not in compared, f'{name} compares a model family; ask the factory table instead'
     strings = {'fp32', 'fp16', 'bf16', 'open_clip', 'mclip', 'hf_text'} & set(compared)
     assert not strings, f'{name} compares {sorted(strings)} as strings; use clip_server.types'
+
+
+MOST_LINES = 400  # past this a module holds more than one job: split it by job
+
+
+@pytest.mark.parametrize('name', sorted(MODULES))
+def test_no_module_is_longer_than_one_job(name):
+    lines = len(MODULES[name].read_text(encoding='utf-8').splitlines())
+    assert lines <= MOST_LINES, f'{name} has {lines} lines: split it by job'

@@ -1,0 +1,101 @@
+"""The command line of `python -m clip_server.benchmark`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from clip_server.benchmark import BATCH, BenchmarkError
+from clip_server.benchmark.flows import (
+    ExecutorConfig,
+    ceiling_flow,
+    encoder_options,
+    executor_config,
+    executor_runtime,
+    read_flow,
+    use_random_weights,
+)
+from clip_server.benchmark.inputs import captions, photo_jpeg
+from clip_server.benchmark.measure import ServerResult, in_process_row, measure_server, yardstick_row
+from clip_server.benchmark.report import machine_lines, markdown_table, server_ratios
+from clip_server.model.factory import resolve
+from clip_server.model.registry import DEFAULT_MODEL, ModelSpec
+from clip_server.types import ClipServerError, Runtime
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog='python -m clip_server.benchmark', description=__doc__.splitlines()[0])
+    parser.add_argument('flow_yaml', metavar='FLOW_YAML', help='the Flow to measure, or a bundled one (torch-flow.yml)')
+    parser.add_argument('--seconds', type=float, default=8.0, help='measuring time of each cell (default: 8)')
+    parser.add_argument('--skip-ceiling', action='store_true', help='do not measure the gateway with a no-op executor')
+    parser.add_argument('--skip-yardstick', action='store_true', help='do not measure open_clip in fp32')
+    parser.add_argument('--texts-file', type=Path, help='texts to send, one per line (default: generated captions)')
+    parser.add_argument(
+        '--random-weights',
+        action='store_true',
+        help="serve random weights of the model's architecture: no download, same speed (open_clip models)",
+    )
+    return parser.parse_args(argv)
+
+
+def _texts(path: Path | None) -> list[str]:
+    if path is None:
+        return captions(256)
+    texts = [line.strip() for line in path.read_text(encoding='utf-8').splitlines() if line.strip()]
+    if len(texts) < BATCH:
+        raise BenchmarkError(f'{path} has {len(texts)} texts; give at least {BATCH}')
+    return texts
+
+
+def _flow_line(server: ServerResult, spec: ModelSpec, runtime: Runtime, config: ExecutorConfig) -> str:
+    described = server.ready_line or f'{spec.name} on {runtime.label}, dtype {config.params.get("dtype", "default")}'
+    return f'{described}; replicas: {config.replicas}'
+
+
+def run(args: argparse.Namespace) -> str:
+    """Every measurement in sequence; returns the report."""
+    flow = read_flow(args.flow_yaml)
+    runtime = executor_runtime(executor_config(flow))
+    spec = resolve(executor_config(flow).params.get('name', DEFAULT_MODEL))
+    texts, jpegs = _texts(args.texts_file), [photo_jpeg(seed) for seed in range(2 * BATCH)]
+    threads = int(os.environ.get('OMP_NUM_THREADS') or 0) or os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix='clip-benchmark-') as scratch:
+        if args.random_weights:
+            use_random_weights(flow, spec, Path(scratch))
+        config = executor_config(flow)
+        server = measure_server(flow, Path(scratch), 'server', texts, jpegs, args.seconds)
+        rows = list(server.rows)
+        if not args.skip_ceiling:
+            ceiling = ceiling_flow(flow, spec.dim)
+            rows += measure_server(ceiling, Path(scratch), 'ceiling', texts, jpegs, args.seconds).rows
+        options = encoder_options(config, threads)
+        in_process, in_process_line = in_process_row(spec, runtime, options, texts, jpegs, args.seconds)
+        rows.append(in_process)
+        yardstick = None
+        if not args.skip_yardstick:
+            yardstick = yardstick_row(spec, options, texts, jpegs, args.seconds)
+            rows.append(yardstick)
+    lines = machine_lines(server, _flow_line(server, spec, runtime, config), in_process_line, options.threads)
+    return '\n'.join([*lines, '', markdown_table(rows, yardstick), '', *server_ratios(server.rows, in_process)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return the exit status."""
+    args = _parse_args(argv)
+    # Measure the server, not jina's telemetry posts or clip_client's online version check.
+    os.environ.setdefault('JINA_OPTOUT_TELEMETRY', '1')
+    os.environ.setdefault('NO_VERSION_CHECK', '1')
+    os.environ.setdefault('JINA_HIDE_SURVEY', '1')
+    try:
+        print(run(args))
+    except (BenchmarkError, ClipServerError) as e:
+        print(f'clip_server.benchmark: error: {e}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -59,8 +59,8 @@ class DevicePixels:
     @torch.inference_mode()
     def __call__(self, jpegs: Sequence[bytes]) -> torch.Tensor:
         """Decode the files in one call; raises RuntimeError if any of them cannot be decoded."""
-        # torchvision 0.29 (pinned beside torch) deprecates its image decoding for TorchCodec's, which
-        # has no batched nvJPEG path in the pinned stack: this decoder stays until the pin moves
+        # torchvision 0.29 (pinned beside torch) deprecates its image decoding for TorchCodec, which the
+        # pinned stack does not install: this decoder stays until the pins move
         from torchvision.io import ImageReadMode, decode_jpeg
         from torchvision.transforms.v2 import functional
 

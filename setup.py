@@ -88,6 +88,8 @@ setup(
             'podman-compose==1.6.0',
             # lint + format; pinned so a new release's rules cannot turn CI red on unchanged code
             'ruff==0.17.6',
+            # the type checker (mypy.ini); pinned for the same reason
+            'mypy==2.4.1',
         ],
         'docs': ['sphinx==9.0.4', 'myst-parser==5.2.0'],
         # the search index in a Qdrant server (`qdrant:` on CLIPIndexer); 1.x's query_batch_points

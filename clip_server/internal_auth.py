@@ -77,7 +77,7 @@ def guard_executor_servers() -> None:
             found.insert(0, InternalTokenInterceptor(token))
         return found or None
 
-    interceptors.clip_guarded = True
+    interceptors.clip_guarded = True  # type: ignore[attr-defined]  # a mark on the function: installed once
     GRPCServer.aio_tracing_server_interceptors = interceptors
 
 

@@ -47,6 +47,8 @@ class RuntimeUnavailableError(ClipServerError, RuntimeError):
 class WeightsUnavailableError(ClipServerError, RuntimeError):
     """Model files are neither validly cached nor obtainable from their source."""
 
+    failures: list[tuple[str, str]]  # (where, why) for each source tried
+
 
 class ModelPathError(ClipServerError, FileNotFoundError):
     """`model_path` names nothing usable: a missing file or folder."""

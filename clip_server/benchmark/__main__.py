@@ -78,7 +78,9 @@ def run(args: argparse.Namespace) -> str:
         if not args.skip_yardstick:
             yardstick = yardstick_row(spec, options, texts, jpegs, args.seconds)
             rows.append(yardstick)
-    lines = machine_lines(server, _flow_line(server, spec, runtime, config), in_process_line, options.threads)
+    lines = machine_lines(
+        server, _flow_line(server, spec, runtime, config), in_process_line, options.threads or threads
+    )
     return '\n'.join([*lines, '', markdown_table(rows, yardstick), '', *server_ratios(server.rows, in_process)])
 
 

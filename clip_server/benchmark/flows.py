@@ -149,8 +149,9 @@ def executor_runtime(config: ExecutorConfig) -> Runtime:
     runtime = None
     for module in map(_import, config.py_modules):
         executor_class = getattr(module, config.jtype, None)
-        if isinstance(getattr(executor_class, 'runtime', None), Runtime):
-            runtime = executor_class.runtime
+        declared = getattr(executor_class, 'runtime', None)
+        if isinstance(declared, Runtime):
+            runtime = declared
     if runtime is None:
         raise BenchmarkError(f'no CLIPEncoder named {config.jtype} in py_modules {", ".join(config.py_modules)}')
     return runtime

@@ -174,7 +174,7 @@ def yardstick_row(
     import torch
 
     model_path = options.model_path
-    torch.set_num_threads(options.threads)
+    torch.set_num_threads(options.threads or torch.get_num_threads())
     weights = str(model_path) if model_path and Path(model_path).expanduser().is_file() else None
     model, _, transform = open_clip.create_model_and_transforms(spec.arch, pretrained=weights)
     model.eval()

@@ -80,8 +80,7 @@ class ServerProcess:
 
         An upper bound of the tree's peak, as each process peaks at its own time. None without /proc.
         """
-        peaks = [_vm_hwm(pid) for pid in session_pids(self.process.pid)]
-        peaks = [peak for peak in peaks if peak is not None]
+        peaks = [peak for pid in session_pids(self.process.pid) if (peak := _vm_hwm(pid)) is not None]
         return (sum(peaks), len(peaks)) if peaks else None
 
     def log_tail(self, lines: int = 40) -> str:

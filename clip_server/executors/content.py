@@ -121,7 +121,7 @@ def image_from_bytes(data: bytes, min_side: int | None = None, limits: ContentLi
         raise
     except Image.DecompressionBombError as exc:  # PIL refuses at open above twice its own limit
         raise InvalidInputError(
-            f'image is too large: over {2 * Image.MAX_IMAGE_PIXELS:,} pixels, the most PIL decodes '
+            f'image is too large: over {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, the most PIL decodes '
             f'whatever max_image_pixels says'
         ) from exc
     except UnidentifiedImageError as exc:

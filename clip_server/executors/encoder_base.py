@@ -120,7 +120,7 @@ class CLIPEncoderBase(Executor):
                     name
                     for cls in type(self).__mro__
                     if cls is not Executor and '__init__' in vars(cls)
-                    for name, parameter in inspect.signature(cls.__init__).parameters.items()
+                    for name, parameter in inspect.signature(vars(cls)['__init__']).parameters.items()
                     if name != 'self' and parameter.kind == parameter.POSITIONAL_OR_KEYWORD
                 }
             )
@@ -258,24 +258,26 @@ class CLIPEncoderBase(Executor):
                 if self.device_pixels is None:
                     pixels = np.stack([array for _, array in readable])
                 else:
-                    readable, pixels = self._on_device(readable, failed)
+                    readable, pixels = self._on_device(self.device_pixels, readable, failed)
                 if readable and self._worth_encoding(failed):
                     self._encode([doc for doc, _ in readable], pixels, self.model.encode_image, 'images')
 
-    def _on_device(self, readable: list[tuple[Document, Any]], failed: list[Failure]) -> tuple[list, Any]:
+    def _on_device(
+        self, device_pixels: DevicePixels, readable: list[tuple[Document, Any]], failed: list[Failure]
+    ) -> tuple[list, Any]:
         """The minibatch on the model's device; a JPEG that nvJPEG cannot decode fails alone."""
         try:
-            return readable, self.device_pixels.batch([item for _, item in readable])
+            return readable, device_pixels.batch([item for _, item in readable])
         except RuntimeError:  # which file broke the batch is not said: try each
             pass
-        kept = [(doc, item) for doc, item in readable if self._decodes_on_device(doc, item, failed)]
-        return kept, self.device_pixels.batch([item for _, item in kept]) if kept else None
+        kept = [(doc, item) for doc, item in readable if self._decodes_on(device_pixels, doc, item, failed)]
+        return kept, device_pixels.batch([item for _, item in kept]) if kept else None
 
-    def _decodes_on_device(self, doc: Document, item: Any, failed: list[Failure]) -> bool:
+    def _decodes_on(self, device_pixels: DevicePixels, doc: Document, item: Any, failed: list[Failure]) -> bool:
         if not isinstance(item, bytes):
             return True
         try:
-            self.device_pixels([item])
+            device_pixels([item])
         except RuntimeError as exc:
             self.logger.warning(f'document {doc.id} could not be decoded on the device: {exc!r}')
             failed.append((doc, f'document {doc.id}: cannot decode image ({len(item)} bytes) as JPEG'))

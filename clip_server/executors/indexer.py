@@ -24,6 +24,7 @@ import base64
 import io
 from typing import Any
 
+import numpy as np
 from docarray import Document, DocumentArray
 from docarray.score import NamedScore
 from jina import Executor, requests
@@ -88,7 +89,7 @@ class CLIPIndexer(Executor):
         queries = [doc for doc in docs if doc.embedding is not None]
         if not queries:
             return docs
-        found = self._store.search([query.embedding for query in queries], limit)
+        found = self._store.search(np.stack([query.embedding for query in queries]), limit)
         previews = parameters.get(PREVIEWS) is True
         for query, hits in zip(queries, found, strict=True):
             query.matches = DocumentArray([_match(hit, query.id, previews) for hit in hits])

@@ -33,7 +33,7 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 def probabilities(cosine: np.ndarray, scoring: Scoring) -> np.ndarray:
     if scoring.is_sigmoid:
-        return sigmoid(scoring.scale * cosine + scoring.bias)
+        return sigmoid(scoring.scale * cosine + (scoring.bias or 0.0))
     return softmax(scoring.scale * cosine)
 
 

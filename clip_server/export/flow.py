@@ -117,7 +117,7 @@ def containerized(flow: dict, image: str, gpus_per_encoder: int | None, probes_o
 def _executor(executor: dict, gpus_per_encoder: int | None) -> Executor:
     name, uses = executor['name'], executor.get('uses')
     if isinstance(uses, str) and uses.startswith('docker://'):
-        inline, jtype, modules = None, '', []  # the image's own config.yml
+        inline, jtype, modules = None, '', list[str]()  # the image's own config.yml
     elif isinstance(uses, dict) and uses.get('jtype'):
         inline = yaml.safe_dump(uses, sort_keys=False)
         jtype, modules = uses['jtype'], (uses.get('metas') or {}).get('py_modules') or []

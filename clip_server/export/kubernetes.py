@@ -251,7 +251,7 @@ def _resources(executor: Executor | None, options: KubernetesOptions) -> dict:
         cpu, memory = options.other_cpu, options.other_memory
     resources = {'requests': {'cpu': cpu, 'memory': memory}, 'limits': {'memory': memory}}
     if executor is not None and executor.gpus:
-        resources['limits']['nvidia.com/gpu'] = executor.gpus
+        resources['limits']['nvidia.com/gpu'] = str(executor.gpus)
     return resources
 
 

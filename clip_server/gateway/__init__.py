@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from typing import Any
 
 from fastapi.middleware.cors import CORSMiddleware
 from jina.proto import jina_pb2
@@ -49,6 +50,13 @@ class _ClipEdge:
     stay out of files), the `EdgeSettings` limits, and `fetch_images` (`clip_server.gateway.remote_images`:
     the hosts the OpenAI API may fetch image URLs from; none by default).
     """
+
+    # what jina's gateway classes, beside which this one is mixed in, provide
+    runtime_args: Any
+    logger: Any
+    metrics_registry: Any
+    name: str
+    _request_handler: Any
 
     def __init__(
         self,

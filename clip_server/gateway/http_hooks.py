@@ -13,7 +13,8 @@ from clip_server.gateway.errors import ANSWERS, ErrorKind, Refusal, error_body, 
 
 PROBE_PATHS = ('/health/live', '/health/ready')
 # jina's `/status` lists versions and the environment: this server answers it with nothing of them.
-STATUS_PATH, STATUS_BODY = '/status', {'jina': {}, 'envs': {}}
+STATUS_PATH = '/status'
+STATUS_BODY: dict[str, dict] = {'jina': {}, 'envs': {}}
 # What a malformed request body makes jina's HTTP app raise while reading it (`EdgeMiddleware`).
 _MALFORMED = (ValueError, TypeError, KeyError, RecursionError)
 
@@ -156,6 +157,6 @@ async def _refuse(scope, send, refusal: Refusal) -> None:
 
 async def send_json(send, status: int, body: dict, headers: tuple = ()) -> None:
     payload = json.dumps(body).encode()
-    headers = [(b'content-type', b'application/json'), (b'content-length', str(len(payload)).encode()), *headers]
-    await send({'type': 'http.response.start', 'status': status, 'headers': headers})
+    fields = [(b'content-type', b'application/json'), (b'content-length', str(len(payload)).encode()), *headers]
+    await send({'type': 'http.response.start', 'status': status, 'headers': fields})
     await send({'type': 'http.response.body', 'body': payload})

@@ -30,7 +30,7 @@ import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from clip_server.types import ConfigurationError, InvalidInputError
@@ -150,8 +150,8 @@ class _Target(NamedTuple):
     path: str  # with the query
 
 
-def _require_positive(name: str, value, kinds: type | tuple[type, ...]) -> None:
-    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+def _require_positive(name: str, value: Any, kinds: type | tuple[type, ...]) -> None:
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:  # type: ignore[operator]  # a number
         kind = 'a positive integer' if kinds is int else 'a positive number'
         raise ConfigurationError(f'fetch_images.{name} must be {kind}, got {value!r}')
 
@@ -163,7 +163,7 @@ def _public_addresses(host: str, port: int) -> list[tuple[int, tuple]]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise InvalidInputError(f'host {host!r} does not resolve') from exc
-    if not all(is_public(info[4][0]) for info in infos):
+    if not all(is_public(str(info[4][0])) for info in infos):
         raise InvalidInputError(f'host {host!r} resolves to a private or local address: not fetched')
     return [(family, address) for family, _, _, _, address in infos]
 
@@ -249,7 +249,7 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
                 continue
         self.sock = _connected(*last, self._deadline)
 
-    def response_class(self, sock: socket.socket, *args, **kwargs) -> _DeadlineResponse:
+    def response_class(self, sock: socket.socket, *args, **kwargs) -> _DeadlineResponse:  # type: ignore[override]
         return _DeadlineResponse(sock, *args, deadline=self._deadline, **kwargs)
 
 

@@ -32,7 +32,7 @@ class Flow:
         self._client = Client(host=url)
         self._client.logger.logger.disabled = True  # it logs each failure whole; this command reports them
         if not token:
-            self._credential = {}
+            self._credential: dict[str, object] = {}
         elif isinstance(self._client, GRPCClient):  # grpc://, grpcs:// or a bare host:port
             self._credential = {'metadata': (('authorization', token),)}
         else:
@@ -83,7 +83,7 @@ def _message(error: Exception) -> str:
     """The Flow's own words: an executor's error (gRPC's BadServer carries the response header,
     HTTP a ValueError with the response's JSON), a refusal's `detail`, else the error's first line."""
     answer = error.args[0] if error.args else None
-    if isinstance(error, BadServer) and hasattr(answer, 'status'):
+    if isinstance(error, BadServer) and answer is not None and hasattr(answer, 'status'):
         return _first(list(answer.status.exception.args) or [answer.status.description])
     if isinstance(answer, dict):
         status = answer.get('header', {}).get('status', {})

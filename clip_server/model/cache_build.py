@@ -31,7 +31,7 @@ def folder_name(model_name: str) -> str:
     return re.sub(r'[^A-Za-z0-9._-]+', '_', model_name)
 
 
-def build_once(folder: Path, build: Callable[[Path], None], what: str) -> Path:
+def build_once(folder: Path, build: Callable[[Path], object], what: str) -> Path:
     """Return `folder`, first calling `build(temporary_folder)` if no process has made it yet."""
     if folder.is_dir():  # renamed into place only when complete
         return folder

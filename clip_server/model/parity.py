@@ -131,11 +131,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     spec, runtime = resolve(args.name), Runtime(args.runtime)
     preprocessor = factory.preprocessor(spec, args.weights)
-    encoders = [
+    reference, candidate = (
         factory.build_encoder(spec, runtime, factory.EncoderOptions(model_path=args.weights, dtype=dtype), preprocessor)
         for dtype in (DType.FP32, args.dtype)
-    ]
-    print(f'{spec.name} on {runtime.label}, {encoders[1].dtype} against fp32: {compare(*encoders, preprocessor)}')
+    )
+    print(
+        f'{spec.name} on {runtime.label}, {candidate.dtype} against fp32: {compare(reference, candidate, preprocessor)}'
+    )
 
 
 if __name__ == '__main__':

@@ -96,7 +96,8 @@ def check_dimension(held: int, given: int, where: str, remedy: str) -> None:
 class Store(Protocol):
     """What the indexer needs of an index: the embedded `VectorStore`, or a `QdrantStore`."""
 
-    folder: object  # where it lives, for the start-up log
+    @property
+    def folder(self) -> str | Path | None: ...  # where it lives, for the start-up log
 
     def add(self, items: list[Item]) -> None: ...
     def remove(self, ids: Iterable[str]) -> int: ...
@@ -121,7 +122,7 @@ class VectorStore:
             'id TEXT UNIQUE NOT NULL, vector BLOB NOT NULL, payload TEXT NOT NULL)'
         )
         self._db.execute('CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)')
-        self._options = {'connectivity': connectivity, 'expansion_add': expansion, 'expansion_search': expansion}
+        self._graph = (connectivity, expansion)  # usearch's connectivity and its expansion on add and search
         self.dim: int | None = self._stored_dim()
         self._index: Index | None = self._opened() if self.dim else None
 
@@ -234,7 +235,15 @@ class VectorStore:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (str(self._generation() + 1),))
 
     def _new_index(self) -> Index:
-        return Index(ndim=self.dim, metric='cos', dtype='f32', **self._options)
+        connectivity, expansion = self._graph
+        return Index(
+            ndim=self.dim or 0,  # set before any index is made: the first vectors give it
+            metric='cos',
+            dtype='f32',
+            connectivity=connectivity,
+            expansion_add=expansion,
+            expansion_search=expansion,
+        )
 
     def _rebuilt(self) -> Index:
         """The search structure, from every committed row."""

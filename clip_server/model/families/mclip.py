@@ -76,8 +76,8 @@ def locate_mclip(spec: ModelSpec, model_path: str | os.PathLike | None = None) -
     config = local(CONFIG_FILE) or fetch_hf_file(spec.name, CONFIG_FILE)
     weights = local(*TEXT_WEIGHTS) or fetch_hf_file(spec.name, TEXT_WEIGHTS[-1])
     base = read_json(config)['modelBase']
-    local_base = Path(base).expanduser()
-    if not local_base.is_absolute():  # relative: beside the checkpoint's files, never the working directory
+    local_base: Path | None = Path(base).expanduser()
+    if local_base and not local_base.is_absolute():  # relative: beside the checkpoint's files, never the cwd
         local_base = folder / local_base if folder else None
     base_folder = local_base if local_base and (local_base / CONFIG_FILE).is_file() else hf_config_folder(base)
     return MCLIPFiles(config, weights, base_folder / CONFIG_FILE, local(*IMAGE_WEIGHTS) or _image_weights(spec))

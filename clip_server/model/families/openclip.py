@@ -10,6 +10,7 @@ import contextlib
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,6 +21,9 @@ from clip_server.model.registry import ModelSpec
 from clip_server.model.torch_utils import rebuilt_buffers
 from clip_server.model.weights import locate_weights
 from clip_server.types import CLIP_SCORING, DType, Family, Scoring
+
+# open_clip's models are nn.Modules whose towers and methods torch's typing cannot see: typed loosely
+OpenCLIPModel = Any
 
 
 def quick_gelu_for(spec: ModelSpec) -> bool:
@@ -36,7 +40,7 @@ def create_open_clip_model(
     device: str = 'cpu',
     dtype: DType = DType.FP32,
     **overrides,
-) -> torch.nn.Module:
+) -> OpenCLIPModel:
     """The open_clip module for `spec` in eval mode, with `weights` loaded (strictly) when given.
 
     `overrides` go to `open_clip.create_model` (a family's own text config, say). `device` is
@@ -55,7 +59,7 @@ def create_open_clip_model(
             force_quick_gelu=quick_gelu_for(spec),
             **overrides,
         )
-    if archive:
+    if archive and weights is not None:
         model.load_state_dict(_archive_state_dict(weights, model), strict=True)
     return model.eval()
 
@@ -84,9 +88,9 @@ class OpenCLIPText(torch.nn.Module):
     its `transformers` towers mask by their pad id themselves.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: OpenCLIPModel):
         super().__init__()
-        self.model = model
+        self.model: OpenCLIPModel = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model.encode_text(input_ids, normalize=False)  # CoCa would normalise by default
@@ -95,9 +99,9 @@ class OpenCLIPText(torch.nn.Module):
 class CoCaImage(torch.nn.Module):
     """CoCa's image embedding: its `visual` also returns the tokens its captioning decoder reads."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: OpenCLIPModel):
         super().__init__()
-        self.model = model
+        self.model: OpenCLIPModel = model
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels, normalize=False)
@@ -123,13 +127,15 @@ class EndOfTextText(torch.nn.Module):
     token never changed it.
     """
 
-    def __init__(self, parts: torch.nn.Module):
+    def __init__(self, parts: OpenCLIPModel):
         super().__init__()
-        self.token_embedding = parts.token_embedding
-        self.positional_embedding = parts.positional_embedding
-        self.transformer = parts.transformer
-        self.ln_final = parts.ln_final
+        self.token_embedding: OpenCLIPModel = parts.token_embedding
+        self.positional_embedding: OpenCLIPModel = parts.positional_embedding
+        self.transformer: OpenCLIPModel = parts.transformer
+        self.ln_final: OpenCLIPModel = parts.ln_final
+        self.causal_mask: torch.Tensor
         self.register_buffer('causal_mask', parts.attn_mask, persistent=False)
+        self.projection: torch.nn.Module
         projection = parts.text_projection
         if projection is None:
             self.projection = torch.nn.Identity()
@@ -200,7 +206,7 @@ class OpenCLIPBuilder(FamilyBuilder):
     ) -> Towers:
         import open_clip
 
-        model = for_inference(self.create_model(spec, source, device=device, dtype=dtype))
+        model: OpenCLIPModel = for_inference(self.create_model(spec, source, device=device, dtype=dtype))
         image = CoCaImage(model) if isinstance(model, open_clip.CoCa) else model.visual
         causal = causal_text_parts(model)
         if causal is None:
@@ -217,7 +223,7 @@ def for_inference(model: torch.nn.Module) -> torch.nn.Module:
     return reparameterize_model(model, inplace=True)
 
 
-def scoring_of(model: torch.nn.Module) -> Scoring:
+def scoring_of(model: OpenCLIPModel) -> Scoring:
     """A sigmoid-trained model (one with a learned `logit_bias`) scores with its own scale and bias;
     CLIP-trained models keep CLIP's softmax over 100 x cosine."""
     bias = getattr(model, 'logit_bias', None)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,9 +93,9 @@ class _Tower:
         self,
         path: Path,
         inputs: tuple[str, ...],
-        types: dict[str, type],
+        types: Mapping[str, type],
         rank: int,
-        options: ort.SessionOptions,
+        options: Any,  # ort.SessionOptions (onnxruntime is imported where used)
         providers: list,
     ):
         if not path.is_file():
@@ -123,7 +125,9 @@ class _Tower:
         self.shapes = {arg.name: arg.shape for arg in declared}
 
     def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        cast = {name: np.ascontiguousarray(feed[name], dtype=dtype) for name, dtype in self.inputs.items()}
+        cast: dict[str, np.ndarray] = {
+            name: np.ascontiguousarray(feed[name], dtype=dtype) for name, dtype in self.inputs.items()
+        }
         return self.session.run(None, cast)[0].astype(np.float32, copy=False)
 
 

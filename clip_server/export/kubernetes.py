@@ -249,9 +249,10 @@ def _resources(executor: Executor | None, options: KubernetesOptions) -> dict:
         cpu, memory = options.encoder_cpu, options.encoder_memory
     else:
         cpu, memory = options.other_cpu, options.other_memory
-    resources = {'requests': {'cpu': cpu, 'memory': memory}, 'limits': {'memory': memory}}
+    limits: dict[str, str | int] = {'memory': memory}
     if executor is not None and executor.gpus:
-        resources['limits']['nvidia.com/gpu'] = str(executor.gpus)
+        limits['nvidia.com/gpu'] = executor.gpus  # a whole number: extended resources take no fractions
+    resources = {'requests': {'cpu': cpu, 'memory': memory}, 'limits': limits}
     return resources
 
 

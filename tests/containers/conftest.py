@@ -13,7 +13,7 @@ skip, and only then. CI installs podman. For any test in this folder:
 - `container(image, *args, cache=..., ports=(51000, ...), stdin=...)`: a running container
   (`container_helpers.Container`), stopped at the end of the test.
 
-Helpers that are not fixtures (`HOST_IDS`, `expected_texts`, ...) are in container_helpers.py.
+Helpers that are not fixtures (`HOST_IDS`, `Container`, ...) are in container_helpers.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """What container tests share besides fixtures: the engine, the host user's ids, a running container,
-and open_clip's reference embeddings. The fixtures built on these are in this folder's conftest.py."""
+waiting for a deployment's readiness (open_clip's reference embeddings are tests/helpers.py's). The
+fixtures built on these are in this folder's conftest.py."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
+import pytest
+import requests
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = REPO / 'Dockerfiles'
@@ -40,18 +41,18 @@ def has_image(engine: str, tag: str) -> bool:
     return subprocess.run([engine, 'image', 'inspect', tag], capture_output=True, timeout=60).returncode == 0
 
 
-def expected_texts(reference, texts: list[str]) -> np.ndarray:
-    """open_clip's own embeddings of `texts` (`reference`: model, transform, tokenizer)."""
-    model, _, tokenizer = reference
-    with torch.no_grad():
-        return model.encode_text(tokenizer(texts)).numpy()
-
-
-def expected_images(reference, images: list[Image.Image]) -> np.ndarray:
-    """open_clip's own embeddings of `images` (`reference`: model, transform, tokenizer)."""
-    model, transform, _ = reference
-    with torch.no_grad():
-        return model.encode_image(torch.stack([transform(image) for image in images])).numpy()
+def wait_until_http_ready(url: str, deadline: float, logs: Callable[[], str], what: str) -> None:
+    """Poll a `/health/ready` URL until it answers 200; past `deadline` (monotonic), fail the test
+    with `logs()` (the containers' own words on why)."""
+    while True:
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f'{what} never became ready:\n{logs()}')
+        time.sleep(2)
 
 
 def not_owned_by_host_user(root: Path) -> list[str]:

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 import yaml
 from clip_client import Client
-from container_helpers import REPO, expected_texts
+from container_helpers import REPO, wait_until_http_ready
 
 from clip_server.benchmark.processes import free_port
+from helpers import reference_text_embeddings
 
 COMPOSE_FLOW = REPO / 'deploy' / 'compose-flow.yml'
 CLIENT_TOKEN = 'compose-client-token'
@@ -149,17 +149,12 @@ def deployment(engine, image, host_cache, tmp_path_factory):
         up = running.compose('up', '-d')
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         ready = f'http://127.0.0.1:{ports[1]}/health/ready'
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if requests.get(ready, timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                logs = '\n'.join(f'--- {s}\n{running.logs(s)[-3000:]}' for s in compose['services'])
-                pytest.fail(f'the deployment never became ready:\n{logs}')
-            time.sleep(2)
+        wait_until_http_ready(
+            ready,
+            time.monotonic() + START_TIMEOUT_S,
+            lambda: '\n'.join(f'--- {s}\n{running.logs(s)[-3000:]}' for s in compose['services']),
+            'the deployment',
+        )
         yield running
     finally:
         running.compose('down', '-v', timeout=300)
@@ -167,7 +162,7 @@ def deployment(engine, image, host_cache, tmp_path_factory):
 
 def test_clip_client_encodes_through_the_containers(deployment, reference):
     texts = ['a photo of a cat', 'a diagram', 'ein Hund']
-    expected = expected_texts(reference, texts)
+    expected = reference_text_embeddings(reference, texts)
     for protocol in ('grpc', 'http'):
         got = deployment.client(protocol).encode(texts)
         cosine = np.sum(got * expected, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)

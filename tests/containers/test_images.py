@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clip_client import Client
-from container_helpers import HOST_IDS, expected_images, expected_texts, not_owned_by_host_user
+from container_helpers import HOST_IDS, not_owned_by_host_user
 from docarray import Document, DocumentArray
 
-from helpers import encoded, sample_image
+from helpers import encoded, reference_image_embeddings, reference_text_embeddings, sample_image
 
 RUNTIMES = ['torch', 'onnx']
 MODULES = {'torch': 'clip_server.executors.clip_torch', 'onnx': 'clip_server.executors.clip_onnx'}
@@ -50,8 +50,8 @@ def test_bundled_flow_serves_the_weights_of_the_mounted_cache(runtime, image, co
     server.wait_ready()
     texts, pictures = encode_all(Client(f'grpc://127.0.0.1:{server.ports[51000]}'))
     assert texts.shape == (len(TEXTS), 512) and pictures.shape == (len(PICTURES), 512)
-    assert cosines(texts, expected_texts(reference, TEXTS)).min() >= AUTO_MIN_COSINE
-    assert cosines(pictures, expected_images(reference, PICTURES)).min() >= AUTO_MIN_COSINE
+    assert cosines(texts, reference_text_embeddings(reference, TEXTS)).min() >= AUTO_MIN_COSINE
+    assert cosines(pictures, reference_image_embeddings(reference, PICTURES)).min() >= AUTO_MIN_COSINE
 
     assert server.stop(STOP_GRACE_S) == 0, server.output()[-3000:]  # SIGTERM: drained and exited cleanly
     assert not_owned_by_host_user(cache) == []
@@ -81,7 +81,10 @@ executors:
     cache = caches[runtime]
     server = container(image(runtime), '-i', cache=cache, ports=(51000, 51001), stdin=flow)
     server.wait_ready()
-    want_texts, want_pictures = expected_texts(reference, TEXTS), expected_images(reference, PICTURES)
+    want_texts, want_pictures = (
+        reference_text_embeddings(reference, TEXTS),
+        reference_image_embeddings(reference, PICTURES),
+    )
     for protocol, port in (('grpc', 51000), ('http', 51001)):
         texts, pictures = encode_all(Client(f'{protocol}://127.0.0.1:{server.ports[port]}'))
         np.testing.assert_allclose(texts, want_texts, atol=TOLERANCE, err_msg=protocol)

@@ -25,9 +25,10 @@ import pytest
 import requests
 import yaml
 from clip_client import Client
-from container_helpers import expected_texts
+from container_helpers import wait_until_http_ready
 
 from clip_server.benchmark.processes import free_port
+from helpers import reference_text_embeddings
 
 pytestmark = pytest.mark.timeout(2400)  # the session's image build may happen in the first test
 START_TIMEOUT_S = 600
@@ -143,16 +144,12 @@ def cluster(engine, image, host_cache, tmp_path_factory):
             while not running.serving(pod):
                 assert time.monotonic() < deadline, running.logs(pod)[-3000:]
                 time.sleep(2)
-        while True:
-            try:
-                if requests.get(ready, timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                logs = '\n'.join(f'--- {c}\n{running.logs(c)[-3000:]}' for c in running.containers)
-                pytest.fail(f'the gateway pod never became ready:\n{logs}')
-            time.sleep(2)
+        wait_until_http_ready(
+            ready,
+            deadline,
+            lambda: '\n'.join(f'--- {c}\n{running.logs(c)[-3000:]}' for c in running.containers),
+            'the gateway pod',
+        )
         yield running
     finally:
         running.close()
@@ -165,7 +162,7 @@ def client(cluster: Cluster) -> Client:
 def test_the_pods_serve_through_the_services_names(cluster, reference):
     texts = ['a photo of a cat', 'a diagram']
     got = client(cluster).encode(texts)
-    expected = expected_texts(reference, texts)
+    expected = reference_text_embeddings(reference, texts)
     cosine = np.sum(got * expected, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
     assert cosine.min() > 0.999, cosine
     live = requests.get(f'http://127.0.0.1:{cluster.gateway_ports[8081]}/health/live', timeout=5)

@@ -77,6 +77,7 @@ class Edge:
         self.ready, self.reason = False, 'starting: the executors have not answered yet'
         self.live, self.dead_reason = True, ''  # not live: every replica of a serving executor is gone
         self._answering: set[str] = set()  # executor addresses whose last health check said SERVING
+        self._answered: set[str] = set()  # executor addresses that have said SERVING at least once
         self._served = False  # whether every executor has answered once
 
     def export_pending_gauge(self, registry, runtime_name: str) -> None:
@@ -222,8 +223,11 @@ class Edge:
                 if address in self._answering and not answer:
                     self.logger.error(f'executor {name}: the replica at {address} stopped answering')
                 elif answer and address not in self._answering and self._served:
-                    self.logger.info(f'executor {name}: the replica at {address} answers again')
+                    again = ' again' if address in self._answered else ''  # else a late first start
+                    self.logger.info(f'executor {name}: the replica at {address} answers{again}')
                 (self._answering.add if answer else self._answering.discard)(address)
+                if answer:
+                    self._answered.add(address)
             if not any(answers):
                 reason = reason or f'executor {name} does not answer yet'
                 lost.append(name)

@@ -247,6 +247,30 @@ def test_a_replica_that_stops_answering_is_logged_and_liveness_follows_the_last_
     assert guard.liveness() == (200, {'live': True})
 
 
+def test_a_replica_answering_late_for_the_first_time_is_not_said_to_answer_again(monkeypatch, caplog):
+    guard = make_edge(replicas=2)
+    answering = {'127.0.0.1:0', '127.0.0.1:9'}  # replica 1 is still loading when the Flow is ready
+
+    async def serving(address: str) -> bool:
+        return address in answering
+
+    monkeypatch.setattr(edge, '_serving', serving)
+    with caplog.at_level(logging.INFO, logger='test'):
+        asyncio.run(guard._executors_answer())
+        answering.add('127.0.0.1:1')
+        asyncio.run(guard._executors_answer())
+        answering.discard('127.0.0.1:1')
+        asyncio.run(guard._executors_answer())
+        answering.add('127.0.0.1:1')
+        asyncio.run(guard._executors_answer())
+    about_1 = [record.getMessage() for record in caplog.records if '127.0.0.1:1' in record.getMessage()]
+    assert about_1 == [
+        'executor clip: the replica at 127.0.0.1:1 answers',
+        'executor clip: the replica at 127.0.0.1:1 stopped answering',
+        'executor clip: the replica at 127.0.0.1:1 answers again',
+    ]
+
+
 def test_liveness_holds_while_starting():
     """An executor that never answered yet is starting, not dead."""
     guard = make_edge()

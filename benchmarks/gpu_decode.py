@@ -26,6 +26,7 @@ import numpy as np
 import open_clip
 import torch
 from PIL import Image
+from runtime_throughput import min_cosine  # beside this script
 
 from clip_server.benchmark.inputs import photo_jpeg
 from clip_server.model.factory import preprocessor
@@ -120,8 +121,7 @@ def served(spec, model: torch.nn.Module, jpegs: list[bytes], args: argparse.Name
             encoder.close()
             print(f'{label:<34} {"":>15} {rates[label][0]:>12.1f}', flush=True)
     (_, pool), (_, device) = rates.values()
-    cosine = (pool * device).sum(1) / np.linalg.norm(pool, axis=1) / np.linalg.norm(device, axis=1)
-    print(f'executor embeddings, decode_on_device vs worker pool: min cosine {cosine.min():.5f}')
+    print(f'executor embeddings, decode_on_device vs worker pool: min cosine {min_cosine(pool, device):.5f}')
 
 
 if __name__ == '__main__':

@@ -29,6 +29,7 @@ import torch
 import yaml
 from docarray import Document, DocumentArray
 from PIL import Image
+from runtime_throughput import min_cosine  # beside this script
 
 from clip_server.__main__ import bundled_flow
 from clip_server.benchmark.inputs import photo_jpeg
@@ -71,12 +72,6 @@ def reference(spec, weights: Path, device: str, texts: list[str], jpegs: list[by
     images = torch.stack([transform(Image.open(io.BytesIO(jpeg))) for jpeg in jpegs]).to(device)
     with torch.no_grad():
         return model.encode_text(tokenizer(texts).to(device)).cpu().numpy(), model.encode_image(images).cpu().numpy()
-
-
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return float((a * b).sum(axis=1).min())
 
 
 def main() -> int:

@@ -21,7 +21,8 @@ from docarray import Document, DocumentArray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from clip_server.gateway.errors import ANSWERS, OPENAI_PATHS, ErrorKind, error_body, kind_of
+from clip_server.gateway.errors import ANSWERS, OPENAI_PATHS, ErrorKind, error_body
+from clip_server.gateway.flow_requests import FlowRequestError, send
 from clip_server.gateway.remote_images import ImageFetching
 from clip_server.model.registry import same_model
 from clip_server.types import InvalidInputError
@@ -101,15 +102,10 @@ class OpenAIRoutes:
 
     async def _send(self, docs: DocumentArray, endpoint: str, parameters: dict):
         """One request through the gateway's streamer; an error response becomes an OpenAIError."""
-        async for response in self._streamer.stream_docs(
-            docs, request_size=max(1, len(docs)), exec_endpoint=endpoint, parameters=parameters, return_results=True
-        ):
-            status = response.header.status
-            if status.code == status.ERROR:
-                message = status.exception.args[0] if status.exception.args else status.description
-                raise OpenAIError(kind_of(status.exception.name), message, 'input')
-            return response
-        raise OpenAIError(ErrorKind.INTERNAL, 'the executors sent no response')
+        try:
+            return await send(self._streamer, docs, endpoint, parameters, if_silent=ErrorKind.INTERNAL)
+        except FlowRequestError as error:
+            raise OpenAIError(error.kind, str(error), 'input') from None
 
     async def _fetch_images(self, docs: DocumentArray) -> None:
         """Each image URL's bytes into its document, the URLs fetched side by side (up to

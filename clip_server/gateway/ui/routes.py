@@ -22,7 +22,8 @@ from docarray import Document, DocumentArray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from clip_server.gateway.errors import ANSWERS, ErrorKind, error_body, kind_of
+from clip_server.gateway.errors import ANSWERS, ErrorKind, error_body
+from clip_server.gateway.flow_requests import FlowRequestError, send
 from clip_server.gateway.openai_api import OpenAIError, _json_object
 from clip_server.wire import (
     COUNT,
@@ -158,15 +159,11 @@ class UIRoutes:
 
     async def _send(self, doc: Document, endpoint: str, parameters: dict) -> DocumentArray:
         """One document through the Flow; a failed request becomes a UIError with its message."""
-        async for response in self._streamer.stream_docs(
-            DocumentArray([doc]), request_size=1, exec_endpoint=endpoint, parameters=parameters, return_results=True
-        ):
-            status = response.header.status
-            if status.code == status.ERROR:
-                message = status.exception.args[0] if status.exception.args else status.description
-                raise UIError(kind_of(status.exception.name), message)
-            return response.docs
-        raise UIError(ErrorKind.NO_RESPONSE, 'the executors sent no response')
+        try:
+            response = await send(self._streamer, DocumentArray([doc]), endpoint, parameters, ErrorKind.NO_RESPONSE)
+        except FlowRequestError as error:
+            raise UIError(error.kind, str(error)) from None
+        return response.docs
 
 
 def _query(body: dict) -> Document:

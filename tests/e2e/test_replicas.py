@@ -22,10 +22,16 @@ from clip_client import Client
 from clip_server.benchmark.processes import session_pids
 from helpers import Server, flow_yaml, free_port, start_server
 
+# One line per replica process, appended to a file kept for these lines in a single write (atomic
+# with O_APPEND), not printed to the server's stdout, where another process's log line could cut into it.
 PROBE = """import os
-print(f"replica-start name={os.environ.get('JINA_DEPLOYMENT_NAME')} pid={os.getpid()}", flush=True)
+line = f"replica-start name={os.environ.get('JINA_DEPLOYMENT_NAME')} pid={os.getpid()}\\n"
+log = os.open(os.environ['REPLICA_PROBE'], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+os.write(log, line.encode())
+os.close(log)
 """
 PROBE_LINE = re.compile(r'^replica-start name=(\S+) pid=(\d+)$', re.M)
+PROBE_LOG = 'replica-starts.txt'
 # A clean stop takes a second or two; jina alone waited timeout_ctrl (60 s) per dead replica.
 PROMPT_STOP_SECONDS = 15
 
@@ -37,7 +43,7 @@ def start_supervised(tiny_weights, folder: Path, monitoring: list[int] | None = 
     probe = folder / 'replica_probe.py'
     probe.write_text(PROBE)
     # jina exports JINA_DEPLOYMENT_NAME, which the probe prints, only to executors with an env: of their own
-    extra = '\n    replicas: 2\n    env: {REPLICA_PROBE: on}'
+    extra = f'\n    replicas: 2\n    env: {{REPLICA_PROBE: {folder / PROBE_LOG}}}'
     if monitoring:
         extra += f'\n    monitoring: true\n    port_monitoring: [{monitoring[0]}, {monitoring[1]}]'
     port = free_port()
@@ -53,7 +59,7 @@ def start_supervised(tiny_weights, folder: Path, monitoring: list[int] | None = 
 def replica_pids(server: Server) -> dict[str, list[int]]:
     """Each replica's process ids, in the order they started."""
     pids: dict[str, list[int]] = {}
-    for name, pid in PROBE_LINE.findall(server.output()):
+    for name, pid in PROBE_LINE.findall((server.log.parent / PROBE_LOG).read_text()):
         pids.setdefault(name, []).append(int(pid))
     return pids
 

@@ -30,7 +30,7 @@ from docarray.score import NamedScore
 from jina import Executor, requests
 
 from clip_server.executors.documents import Modality, image_of, modality
-from clip_server.model.weights import cache_dir
+from clip_server.model import cache
 from clip_server.search.store import Hit, Item, Store, VectorStore
 from clip_server.types import ConfigurationError, InvalidInputError
 from clip_server.wire import (
@@ -134,7 +134,7 @@ class CLIPIndexer(Executor):
             raise ConfigurationError(
                 'the embedded index has one writer: give CLIPIndexer `replicas: 1`, or a Qdrant server (`qdrant:`)'
             )
-        return VectorStore(index_path or cache_dir() / 'index' / 'default', exact_below=exact_below)
+        return VectorStore(index_path or cache.default_index(), exact_below=exact_below)
 
     def _payload(self, doc: Document) -> dict:
         payload = {'text': doc.text, 'uri': doc.uri, 'tags': dict(doc.tags), 'mime_type': doc.mime_type}

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from clip_server.model import registry
+from clip_server.model import cache, registry
 from clip_server.model.cache_build import build_once, folder_name
 from clip_server.model.encoder import Encoder
 from clip_server.model.families.base import FamilyBuilder
@@ -34,7 +34,7 @@ from clip_server.model.families.openclip import OpenCLIPBuilder
 from clip_server.model.preprocess import Preprocessor, image_transform
 from clip_server.model.registry import ModelSpec
 from clip_server.model.torch_utils import default_device, usable_device
-from clip_server.model.weights import cache_dir, fetch_hf_file
+from clip_server.model.weights import fetch_hf_file
 from clip_server.types import (
     ConfigurationError,
     DType,
@@ -126,7 +126,7 @@ def _register_open_clip_config(arch: str, model_cfg: dict) -> None:
 
     if open_clip.get_model_config(arch) == model_cfg:
         return
-    folder = cache_dir() / 'open_clip_configs'
+    folder = cache.open_clip_configs()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f'{arch}.json'
     path.write_text(json.dumps(model_cfg), encoding='utf-8')
@@ -245,7 +245,7 @@ def cached_export(spec: ModelSpec, source: Any, *, dtype: str = DType.FP32) -> P
 
     dtype = parse_dtype(dtype, Runtime.ONNX)
     key = export_key(builder_for(spec).files(source), dtype)
-    folder = cache_dir() / 'onnx' / folder_name(spec.name) / f'{dtype}-{key}'
+    folder = cache.onnx_exports() / folder_name(spec.name) / f'{dtype}-{key}'
     return build_once(folder, partial(export_onnx, spec, source, dtype=dtype), f'the ONNX export of {spec.name}')
 
 

@@ -32,6 +32,7 @@ from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError
 from tqdm.auto import tqdm
 
+from clip_server.model import cache
 from clip_server.model.registry import ModelSpec
 from clip_server.types import ModelPathError, UnknownModelError, WeightsUnavailableError
 
@@ -70,11 +71,6 @@ def _unavailable(source: str, looked_in: Path, reason: str, tried: tuple = ()) -
     return error
 
 
-def cache_dir() -> Path:
-    """The cache root: `$CLIP_SERVER_CACHE`, or ~/.cache/clip (where open_clip keeps URL downloads too)."""
-    return Path(os.environ.get('CLIP_SERVER_CACHE') or '~/.cache/clip').expanduser()
-
-
 def locate_weights(spec: ModelSpec, model_path: str | os.PathLike | None = None) -> Path:
     """The weights file to load: the operator's `model_path` as given, else the cached/downloaded one."""
     if model_path:
@@ -92,7 +88,7 @@ def locate_weights(spec: ModelSpec, model_path: str | os.PathLike | None = None)
 
 
 def _root(cache_root: str | os.PathLike | None) -> Path:
-    return Path(cache_root).expanduser() if cache_root is not None else cache_dir()
+    return Path(cache_root).expanduser() if cache_root is not None else cache.root()
 
 
 def _sha256(path: str | os.PathLike) -> str:

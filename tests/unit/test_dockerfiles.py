@@ -13,7 +13,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from clip_server.__main__ import BUNDLED_FLOWS
-from clip_server.model.weights import cache_dir
+from clip_server.model import cache
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = REPO / 'Dockerfiles'
@@ -159,7 +159,7 @@ def test_cache_lives_in_the_home_of_cas(dockerfile, monkeypatch):
     variables = env(dockerfile)
     assert variables['JINA_OPTOUT_TELEMETRY'] == '1' and variables['JINA_HIDE_SURVEY'] == '1'
     monkeypatch.setenv('CLIP_SERVER_CACHE', variables['CLIP_SERVER_CACHE'])
-    assert cache_dir() == Path('/home/cas/.cache/clip')
+    assert cache.root() == Path('/home/cas/.cache/clip')
     # `-v $HOME/.cache:/home/cas/.cache` mounts over the folder the image prepares for that user
     run = ' '.join(values(dockerfile, 'RUN'))
     assert 'mkdir -p /home/cas/.cache/clip' in run

@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants as hf_constants
 
-from clip_server.model import weights
+from clip_server.model import cache, weights
 from clip_server.model.weights import (
-    cache_dir,
     fetch_hf_file,
     fetch_open_clip_weights,
     fetch_url,
@@ -154,17 +153,17 @@ def make_hf_cache(root: Path, repo_id: str, filename: str, content: bytes, blob_
     return link
 
 
-# ----------------------------------------------------------------------------- cache_dir
+# ----------------------------------------------------------------------------- the cache root
 
 
-def test_cache_dir_honours_clip_server_cache(monkeypatch, tmp_path):
+def test_cache_root_honours_clip_server_cache(monkeypatch, tmp_path):
     monkeypatch.delenv('CLIP_SERVER_CACHE', raising=False)
-    assert cache_dir() == Path.home() / '.cache' / 'clip'
+    assert cache.root() == Path.home() / '.cache' / 'clip'
     monkeypatch.setenv('CLIP_SERVER_CACHE', str(tmp_path / 'here'))
-    assert cache_dir() == tmp_path / 'here'
+    assert cache.root() == tmp_path / 'here'
     monkeypatch.setenv('HOME', str(tmp_path))
     monkeypatch.setenv('CLIP_SERVER_CACHE', '~/elsewhere')
-    assert cache_dir() == tmp_path / 'elsewhere'
+    assert cache.root() == tmp_path / 'elsewhere'
 
 
 def test_default_cache_root_is_used_for_downloads(server, monkeypatch, tmp_path):

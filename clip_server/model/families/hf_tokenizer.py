@@ -14,8 +14,9 @@ from pathlib import Path
 
 from huggingface_hub import try_to_load_from_cache
 
+from clip_server.model import cache
 from clip_server.model.families.base import Tokenizer
-from clip_server.model.weights import cache_dir, fetch_hf_file
+from clip_server.model.weights import fetch_hf_file
 from clip_server.types import WeightsUnavailableError, require
 
 TOKENIZER_FILE = 'tokenizer.json'
@@ -34,7 +35,7 @@ def optional_hf_file(repo_id: str, filename: str) -> Path | None:
     try:
         return fetch_hf_file(repo_id, filename)
     except WeightsUnavailableError:
-        cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir())
+        cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache.root())
         if cached is not None and not isinstance(cached, str):  # huggingface_hub's "known absent" marker
             return None
         raise

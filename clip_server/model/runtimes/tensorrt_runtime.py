@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clip_server.model import cache
 from clip_server.model.cache_build import build_once, digest, folder_name
 from clip_server.model.families.base import CONTEXT_LENGTH
 from clip_server.model.runtimes.onnx_runtime import CONTEXT_LENGTH as CONTEXT_LENGTH_KEY
 from clip_server.model.runtimes.onnx_runtime import IMAGE_FILE, IMAGE_INPUT, TEXT_FILE, TEXT_INPUTS
 from clip_server.model.tokens import rows_rule, text_inputs
-from clip_server.model.weights import cache_dir
 from clip_server.types import CLIP_SCORING, Device, DType, RuntimeUnavailableError, Scoring
 
 logger = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def cached_engines(model_name: str, onnx_folder: Path, *, device: Device, dtype:
     torch.cuda.set_device(torch.device(str(device)))  # the GPU the key names and the engines are built on
     fp16 = dtype == DType.FP16
     key = engine_key(onnx_folder, fp16=fp16, max_batch=max_batch)
-    folder = cache_dir() / 'tensorrt' / folder_name(model_name) / key.digest()
+    folder = cache.tensorrt_engines() / folder_name(model_name) / key.digest()
 
     def build(target: Path) -> None:
         for graph, engine in ENGINE_FILES.items():

@@ -33,6 +33,7 @@ from clip_server.model.families.mclip import MCLIPBuilder
 from clip_server.model.families.openclip import OpenCLIPBuilder
 from clip_server.model.preprocess import Preprocessor, image_transform
 from clip_server.model.registry import ModelSpec
+from clip_server.model.runtimes.onnx_folder import IMAGE_FILE, TEXT_FILE, read_text_metadata
 from clip_server.model.torch_utils import default_device, usable_device
 from clip_server.model.weights import fetch_hf_file
 from clip_server.types import (
@@ -183,22 +184,20 @@ def _onnx(spec: ModelSpec, builder: FamilyBuilder, options: EncoderOptions, give
 
 
 def _tensorrt(spec: ModelSpec, builder: FamilyBuilder, options: EncoderOptions, _: Preprocessor | None) -> Encoder:
-    from clip_server.model.runtimes.onnx_graphs import cuts_at_end_of_text, graph_properties
-    from clip_server.model.runtimes.onnx_runtime import scoring_from
     from clip_server.model.runtimes.tensorrt_runtime import TensorRTEncoder, cached_engines
 
     device = usable_device(options.device or 'cuda')
     dtype = parse_dtype(options.dtype, Runtime.TENSORRT, device)
     onnx_folder = onnx_model_dir(spec, options.model_path, dtype=DType.FP32)
     engines = cached_engines(spec.name, onnx_folder, device=device, dtype=dtype, max_batch=options.max_batch)
-    properties = graph_properties(onnx_folder)
+    metadata = read_text_metadata(onnx_folder)
     return TensorRTEncoder(
         engines,
         dim=spec.dim,
         device=device,
         dtype=dtype,
-        cut_at_end_of_text=cuts_at_end_of_text(properties),
-        scoring=scoring_from(properties),
+        cut_at_end_of_text=metadata.cut_at_end_of_text,
+        scoring=metadata.scoring,
     )
 
 
@@ -253,8 +252,6 @@ def onnx_model_dir(spec: ModelSpec, model_path: str | os.PathLike | None = None,
     """The folder to serve: `model_path` itself when it is a folder of ONNX files (a custom model,
     served as is), else the cached export of what `model_path` names (the family's checkpoint)
     or of `spec`'s pretrained weights."""
-    from clip_server.model.runtimes.onnx_runtime import IMAGE_FILE, TEXT_FILE
-
     builder = builder_for(spec)
     path = Path(model_path).expanduser() if model_path else None
     if path and path.is_dir() and (not builder.checkpoint_is_folder or (path / TEXT_FILE).exists()):

@@ -105,3 +105,17 @@ MOST_LINES = 400  # past this a module holds more than one job: split it by job
 def test_no_module_is_longer_than_one_job(name):
     lines = len(MODULES[name].read_text(encoding='utf-8').splitlines())
     assert lines <= MOST_LINES, f'{name} has {lines} lines: split it by job'
+
+
+CONTRACT_FILES = {'textual.onnx', 'visual.onnx'}
+
+
+@pytest.mark.parametrize('name', sorted(MODULES))
+def test_only_the_onnx_folder_contract_names_its_files(name):
+    """Writer, readers and the factory import the folder's file names from `onnx_folder`."""
+    if name == 'clip_server.model.runtimes.onnx_folder':
+        return
+    spelt = {
+        node.value for node in ast.walk(TREES[name]) if isinstance(node, ast.Constant) and node.value in CONTRACT_FILES
+    }
+    assert not spelt, f'{name} spells {sorted(spelt)}; import it from clip_server.model.runtimes.onnx_folder'

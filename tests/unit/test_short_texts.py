@@ -9,7 +9,7 @@ import torch
 from clip_server.model.factory import export_onnx, preprocessor
 from clip_server.model.families.openclip import OpenCLIPBuilder, causal_text_parts
 from clip_server.model.registry import resolve
-from clip_server.model.runtimes.onnx_graphs import cuts_at_end_of_text, graph_properties
+from clip_server.model.runtimes.onnx_folder import read_text_metadata
 from clip_server.model.runtimes.onnx_runtime import ONNXEncoder
 from clip_server.model.tokens import text_inputs
 from helpers import reference_text_embeddings, torch_encoder
@@ -73,4 +73,4 @@ def test_the_export_says_whether_its_rows_may_be_cut(tiny_weights, tmp_path):
     """TensorRT and ONNX Runtime cut rows only for graphs that say so; a bidirectional tower's do not."""
     causal = export_onnx(resolve('tiny-vit'), tiny_weights['tiny-vit'], tmp_path / 'causal')
     both_ways = export_onnx(resolve('tiny-bidirectional'), tiny_weights['tiny-bidirectional'], tmp_path / 'both')
-    assert cuts_at_end_of_text(graph_properties(causal)) and not cuts_at_end_of_text(graph_properties(both_ways))
+    assert read_text_metadata(causal).cut_at_end_of_text and not read_text_metadata(both_ways).cut_at_end_of_text

@@ -9,8 +9,8 @@ import torch
 import tiny_hf
 from clip_server.model.factory import export_onnx, preprocessor
 from clip_server.model.registry import resolve
-from clip_server.model.runtimes.onnx_graphs import graph_properties
-from clip_server.model.runtimes.onnx_runtime import CONTEXT_LENGTH, ONNXEncoder
+from clip_server.model.runtimes.onnx_folder import read_text_metadata
+from clip_server.model.runtimes.onnx_runtime import ONNXEncoder
 from clip_server.types import CLIP_SCORING, Scoring
 from helpers import sample_image, torch_encoder
 
@@ -50,7 +50,7 @@ def test_torch_and_onnx_equal_open_clip(siglip, tmp_path):
     np.testing.assert_allclose(served.encode_text(tokens), texts, atol=TOLERANCE)
     np.testing.assert_allclose(served.encode_image(pixels), images, atol=TOLERANCE)
     folder = export_onnx(spec, weights, tmp_path / 'onnx')
-    assert graph_properties(folder)[CONTEXT_LENGTH] == '16'  # what TensorRT sizes its profile by
+    assert read_text_metadata(folder).context_length == 16  # what TensorRT sizes its profile by
     onnx = ONNXEncoder(folder, image_size=spec.image_size)
     np.testing.assert_allclose(onnx.encode_text(tokens), texts, atol=TOLERANCE)
     np.testing.assert_allclose(onnx.encode_image(pixels), images, atol=TOLERANCE)

@@ -24,20 +24,19 @@ import torch
 from clip_server.model.cache_build import digest
 from clip_server.model.families.base import Towers
 from clip_server.model.quiet import without_log
-from clip_server.model.runtimes.onnx_runtime import (
-    CONTEXT_LENGTH,
-    CUT_AT_END_OF_TEXT,
+from clip_server.model.runtimes.onnx_folder import (
+    GRAPH_FILES,
     IMAGE_FILE,
     IMAGE_INPUT,
-    LOGIT_BIAS,
-    LOGIT_SCALE,
-    PAD_TOKEN_ID,
+    OUTPUT,
     TEXT_FILE,
     TEXT_INPUTS,
+    TextGraphMetadata,
+    read_graph_properties,
 )
 from clip_server.model.tokens import text_inputs
 from clip_server.model.weights import SHA256_NAME
-from clip_server.types import DType, Scoring, require
+from clip_server.types import DType, require
 
 onnx = require('onnx', 'onnx')
 
@@ -92,20 +91,23 @@ def export_towers(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     device = next(towers.image.parameters()).device
-    metadata = _text_metadata(towers)
+    metadata = TextGraphMetadata(
+        towers.pad_token_id, towers.cut_at_end_of_text, context_length=sample_tokens.shape[1], scoring=towers.scoring
+    )
+    any_length = metadata.pad_token_id is not None or metadata.cut_at_end_of_text
     rows = text_inputs(sample_tokens, towers.pad_token_id, towers.cut_at_end_of_text)
     ids, mask = (torch.from_numpy(np.asarray(a)).to(device, torch.int32) for a in rows)
-    text_tower = _traceable_attention(towers.text) if metadata else towers.text
+    text_tower = _traceable_attention(towers.text) if any_length else towers.text
     text = _TextTower(_half(text_tower, dtype)).to(device).eval()  # eval: the exporter restores this mode
     _export_tower(
         text,
         (ids, mask),
         TEXT_INPUTS,
-        {0: 'batch', 1: 'sequence'} if metadata else {0: 'batch'},
+        {0: 'batch', 1: 'sequence'} if any_length else {0: 'batch'},
         folder / TEXT_FILE,
         external_data,
         name,
-        {**metadata, **_scoring_metadata(towers.scoring), CONTEXT_LENGTH: str(sample_tokens.shape[1])},
+        metadata.properties(),
     )
     pixels = torch.zeros(2, 3, image_size, image_size, device=device)
     image = _ImageTower(_half(towers.image, dtype)).eval()
@@ -150,15 +152,6 @@ def _traceable_attention(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _text_metadata(towers: Towers) -> dict[str, str]:
-    """How the text graph takes rows of any length; empty for fixed-length rows."""
-    if towers.pad_token_id is not None:
-        return {PAD_TOKEN_ID: str(towers.pad_token_id)}
-    if towers.cut_at_end_of_text:
-        return {CUT_AT_END_OF_TEXT: 'true'}
-    return {}
-
-
 def _half(module: torch.nn.Module, dtype: DType) -> torch.nn.Module:
     # All of it, BatchNorm too: open_clip's own fp16 keeps BatchNorm in fp32, and the exporter
     # then folds it into fp16 convolutions as an fp32 bias, which onnxruntime rejects.
@@ -191,8 +184,8 @@ def _export_tower(
             dynamo=False,
             opset_version=OPSET,
             input_names=list(inputs),
-            output_names=['embeddings'],
-            dynamic_axes={**{axis: axes for axis in inputs}, 'embeddings': {0: 'batch'}},
+            output_names=[OUTPUT],
+            dynamic_axes={**{axis: axes for axis in inputs}, OUTPUT: {0: 'batch'}},
         )
         graph = onnx.load(str(raw))
     _declare_unused_inputs(graph, inputs)
@@ -221,26 +214,6 @@ def _declare_unused_inputs(graph, inputs: tuple[str, ...]) -> None:
             value.type.tensor_type.CopyFrom(first)
 
 
-def graph_properties(folder: str | os.PathLike) -> dict[str, str]:
-    """The metadata of the folder's text graph: its row rule, context and its model's scoring."""
-    return graph_metadata(Path(folder) / TEXT_FILE)
-
-
-def graph_metadata(path: str | os.PathLike) -> dict[str, str]:
-    graph = onnx.load(str(path), load_external_data=False)
-    return {prop.key: prop.value for prop in graph.metadata_props}
-
-
-def cuts_at_end_of_text(properties: dict[str, str]) -> bool:
-    """Whether a text graph takes rows cut after their end-of-text token (this server's exports of
-    causal towers say so); a graph made elsewhere gets full rows."""
-    return properties.get(CUT_AT_END_OF_TEXT) == 'true'
-
-
-def _scoring_metadata(scoring: Scoring) -> dict[str, str]:
-    return {LOGIT_SCALE: repr(scoring.scale), LOGIT_BIAS: repr(scoring.bias)} if scoring.is_sigmoid else {}
-
-
 def quantize_graphs(folder: str | os.PathLike) -> Path:
     """Replace both fp32 graphs in `folder` by ONNX Runtime's dynamic int8 quantization of them.
 
@@ -250,13 +223,13 @@ def quantize_graphs(folder: str | os.PathLike) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     folder = Path(folder)
-    for name in (TEXT_FILE, IMAGE_FILE):
+    for name in GRAPH_FILES:
         started, graph = time.monotonic(), folder / name
         quantized, data = folder / f'int8-{name}', Path(f'{graph}.data')
         large = data.exists()  # int8 is 4x smaller, yet ViT-bigG's image tower stays near protobuf's 2 GiB
         with without_log('Please consider to run pre-processing'):  # its optional shape-inference pass
             quantize_dynamic(graph, quantized, weight_type=QuantType.QInt8, use_external_data_format=large)
-        metadata = {prop.key: prop.value for prop in onnx.load(str(graph), load_external_data=False).metadata_props}
+        metadata = read_graph_properties(graph)
         model = onnx.load(str(quantized))  # with its weights, wherever they were written
         onnx.helper.set_model_props(model, metadata)  # the text graph's row rule
         data.unlink(missing_ok=True)

@@ -1,8 +1,5 @@
-"""ONNX runtime: a folder with `textual.onnx` and `visual.onnx` served through onnxruntime.
+"""ONNX runtime: a folder of graphs in the contract of `onnx_folder`, served through onnxruntime.
 
-The folder's I/O contract is the one custom models made for the original server follow:
-`visual.onnx` takes `pixel_values` float32 [N, 3, S, S]; `textual.onnx` takes `input_ids`
-and `attention_mask` int32 [N, 77]; each has one output [N, D]; the batch axis is dynamic.
 A text graph whose metadata names a `pad_token_id` (M-CLIP's) takes right-padded ids of any
 length instead: each minibatch is cut to its longest text and masked by that pad id. One
 whose metadata says `cut_at_end_of_text` (this server's exports of causal CLIP towers) takes
@@ -24,24 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from clip_server.model.runtimes.onnx_folder import IMAGE_FILE, IMAGE_INPUT, TEXT_FILE, TEXT_INPUTS, TextGraphMetadata
 from clip_server.model.tokens import rows_rule, text_inputs
-from clip_server.types import CLIP_SCORING, Device, DType, ModelFolderError, Scoring, parse_device, require
 from clip_server.types import CPU as CPU_DEVICE
+from clip_server.types import Device, DType, ModelFolderError, parse_device, require
 
 ort = require('onnxruntime', 'onnx')
 
 logger = logging.getLogger(__name__)
 
-TEXT_FILE = 'textual.onnx'
-IMAGE_FILE = 'visual.onnx'
-TEXT_INPUTS = ('input_ids', 'attention_mask')
-IMAGE_INPUT = 'pixel_values'
-PAD_TOKEN_ID = 'pad_token_id'  # metadata key of text graphs that mask by a pad id
-CUT_AT_END_OF_TEXT = 'cut_at_end_of_text'  # metadata key of causal text graphs that take short rows
-# metadata key of the model's text context: the longest rows a text graph takes
-CONTEXT_LENGTH = 'context_length'
-# metadata keys of a sigmoid-trained model's scoring (`Scoring`), on its text graph
-LOGIT_SCALE, LOGIT_BIAS = 'logit_scale', 'logit_bias'
 CUDA = 'CUDAExecutionProvider'
 CPU = 'CPUExecutionProvider'
 
@@ -165,11 +153,11 @@ class ONNXEncoder:
         self.dim = self._text.session.get_outputs()[0].shape[1]
         if providers[0] != CPU and CUDA not in self.providers:
             _warn_no_cuda(f"{CUDA} did not load (see onnxruntime's messages above)")
-        metadata = self._text.session.get_modelmeta().custom_metadata_map
-        pad = metadata.get(PAD_TOKEN_ID)
-        self._pad_token_id = pad_token_id if pad_token_id is not None else int(pad) if pad is not None else None
-        self._cut_at_end_of_text = metadata.get(CUT_AT_END_OF_TEXT) == 'true'
-        self.scoring = scoring_from(metadata)
+        # the loaded session's copy of the metadata: reading the file again would parse the graph twice
+        metadata = TextGraphMetadata.parse(self._text.session.get_modelmeta().custom_metadata_map)
+        self._pad_token_id = pad_token_id if pad_token_id is not None else metadata.pad_token_id
+        self._cut_at_end_of_text = metadata.cut_at_end_of_text
+        self.scoring = metadata.scoring
         rows = rows_rule(self._pad_token_id, self._cut_at_end_of_text)
         self.description = f'{", ".join(self.providers)} ({dtype}, {rows})'
         spatial = self._image.shapes[IMAGE_INPUT][2:]
@@ -185,10 +173,3 @@ class ONNXEncoder:
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         return self._image.run({IMAGE_INPUT: pixels})
-
-
-def scoring_from(properties: dict[str, str]) -> Scoring:
-    """The scoring a text graph's metadata names; CLIP's where it names none (graphs made elsewhere)."""
-    if LOGIT_BIAS not in properties:
-        return CLIP_SCORING
-    return Scoring(scale=float(properties[LOGIT_SCALE]), bias=float(properties[LOGIT_BIAS]))

@@ -20,8 +20,14 @@ import torch
 from clip_server.model import cache
 from clip_server.model.cache_build import build_once, digest, folder_name
 from clip_server.model.families.base import CONTEXT_LENGTH
-from clip_server.model.runtimes.onnx_runtime import CONTEXT_LENGTH as CONTEXT_LENGTH_KEY
-from clip_server.model.runtimes.onnx_runtime import IMAGE_FILE, IMAGE_INPUT, TEXT_FILE, TEXT_INPUTS
+from clip_server.model.runtimes.onnx_folder import (
+    IMAGE_FILE,
+    IMAGE_INPUT,
+    TEXT_FILE,
+    TEXT_INPUTS,
+    TextGraphMetadata,
+    read_graph_properties,
+)
 from clip_server.model.tokens import rows_rule, text_inputs
 from clip_server.types import CLIP_SCORING, Device, DType, RuntimeUnavailableError, Scoring
 
@@ -134,10 +140,8 @@ def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, max_batch: i
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
         _keep_sensitive_layers_in_fp32(network, trt)
-    from clip_server.model.runtimes.onnx_graphs import graph_metadata
-
     profile = builder.create_optimization_profile()
-    context_length = int(graph_metadata(onnx_path).get(CONTEXT_LENGTH_KEY, CONTEXT_LENGTH))
+    context_length = TextGraphMetadata.parse(read_graph_properties(onnx_path)).context_length or CONTEXT_LENGTH
     for index in range(network.num_inputs):
         tensor = network.get_input(index)
         profile.set_shape(tensor.name, *profile_shapes(tuple(tensor.shape), max_batch, context_length))
@@ -225,7 +229,7 @@ class TensorRTEncoder:
         scoring: Scoring = CLIP_SCORING,
     ):
         """`cut_at_end_of_text`: the ONNX export says its text tower takes rows cut after their
-        end-of-text token (`onnx_graphs.cuts_at_end_of_text`); other engines get full rows.
+        end-of-text token (`onnx_folder.TextGraphMetadata`); other engines get full rows.
         `scoring`: what the export says of the model's /rank scoring."""
         self.dim, self.device, self.dtype = dim, device, dtype
         self.cut_at_end_of_text = cut_at_end_of_text

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from clip_server.gateway.openai_models import ErrorDetail, ErrorResponse
 from clip_server.types import InvalidInputError, RequestLimitError
 
 
@@ -79,4 +80,5 @@ def error_body(path: str, kind: ErrorKind, message: str, param: str | None = Non
     """An error's JSON body: OpenAI's shape on the OpenAI API's paths, `{"detail": ...}` elsewhere."""
     if not path.startswith(OPENAI_PATHS):
         return {'detail': message}
-    return {'error': {'message': message, 'type': ANSWERS[kind].openai_type, 'param': param, 'code': code}}
+    detail = ErrorDetail(message=message, type=ANSWERS[kind].openai_type, param=param, code=code)
+    return ErrorResponse(error=detail).dict()

@@ -15,14 +15,29 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from docarray import Document, DocumentArray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from clip_server.gateway.errors import ANSWERS, OPENAI_PATHS, ErrorKind, error_body
 from clip_server.gateway.flow_requests import FlowRequestError, send
+from clip_server.gateway.openai_models import (
+    ITEM_SHAPES,
+    Embedding,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    ErrorResponse,
+    ImageItem,
+    Item,
+    ModelEntry,
+    ModelList,
+    TextItem,
+    Usage,
+)
 from clip_server.gateway.remote_images import ImageFetching
 from clip_server.model.registry import same_model
 from clip_server.types import InvalidInputError
@@ -30,8 +45,12 @@ from clip_server.wire import COUNT_TOKENS, DIM_TAG, DROP_IMAGE_CONTENT, MODEL_IN
 
 # What a batch of this route asks the encoder; the same for every call, so calls share batches.
 ENCODE_PARAMETERS = {DROP_IMAGE_CONTENT: True, COUNT_TOKENS: True}
-ENCODING_FORMATS = ('float', 'base64')
 MODEL_NOT_FOUND = 'model_not_found'
+# The routes in the app's OpenAPI schema: any error of the table may answer them, in OpenAI's shape.
+OPENAPI: dict[str, Any] = {
+    'tags': ['OpenAI'],
+    'responses': {answer.http_status: {'model': ErrorResponse} for answer in ANSWERS.values()},
+}
 
 
 class OpenAIError(Exception):
@@ -65,29 +84,30 @@ class OpenAIRoutes:
         self._served: ServedModel | None = None
 
     def install(self, app: FastAPI) -> None:
-        app.add_api_route('/v1/embeddings', self.embeddings, methods=['POST'], tags=['OpenAI'])
-        app.add_api_route('/v1/models', self.models, methods=['GET'], tags=['OpenAI'])
+        """The routes, their answers' shapes declared for the app's OpenAPI schema (`/docs`)."""
+        app.add_api_route(
+            '/v1/embeddings', self.embeddings, methods=['POST'], response_model=EmbeddingsResponse, **OPENAPI
+        )
+        app.add_api_route('/v1/models', self.models, methods=['GET'], response_model=ModelList, **OPENAPI)
 
     async def models(self) -> JSONResponse:
         try:
             served = await self._model()
         except OpenAIError as error:
             return error.response()
-        entry = {'id': served.name, 'object': 'model', 'created': 0, 'owned_by': 'clip_server'}
-        return JSONResponse({'object': 'list', 'data': [entry]})
+        return JSONResponse(ModelList(data=[ModelEntry(id=served.name)]).dict())
 
     async def embeddings(self, request: Request) -> JSONResponse:
         try:
             body = _json_object(await request.body())
             served = await self._model()
-            _check_model(body, served)
-            encoding = _encoding_format(body)
-            docs = await asyncio.to_thread(self._documents, _items(body, self._max_items))
+            asked = read_request(body, served, self._max_items)
+            docs = await asyncio.to_thread(self._documents, asked.items())
             await self._fetch_images(docs)
             encoded = await self._encode(docs)
         except OpenAIError as error:
             return error.response()
-        return JSONResponse(_embeddings_response(encoded, served, encoding))
+        return JSONResponse(_embeddings_response(encoded, served, asked.encoding_format).body())
 
     async def _model(self) -> ServedModel:
         """The model the encoder serves, asked once (only the executor knows it)."""
@@ -121,7 +141,7 @@ class OpenAIRoutes:
 
         await asyncio.gather(*(fetch_into(doc) for doc in docs if doc.uri.startswith(('http://', 'https://'))))
 
-    def _documents(self, items: list) -> DocumentArray:
+    def _documents(self, items: list[Item]) -> DocumentArray:
         """One document per item, id `input[i]` so that errors name the item."""
         docs = DocumentArray()
         for index, item in enumerate(items):
@@ -132,20 +152,18 @@ class OpenAIRoutes:
                 raise OpenAIError(ErrorKind.INVALID, f'{doc_id}: {exc}', 'input') from exc
         return docs
 
-    def _document(self, doc_id: str, item) -> Document:
+    def _document(self, doc_id: str, item: Item) -> Document:
         if isinstance(item, str):
             is_image = item.startswith(('data:image/', 'http://', 'https://'))
             return self._image(doc_id, item) if is_image else _text(doc_id, item)
-        if isinstance(item, dict) and set(item) == {'text'} and isinstance(item['text'], str):
-            return _text(doc_id, item['text'])
-        if isinstance(item, dict) and set(item) == {'image'} and isinstance(item['image'], str):
-            return self._image(doc_id, item['image'])
-        if isinstance(item, list):
-            raise InvalidInputError(
-                'is a list of token ids; this server tokenizes for itself: send the text '
-                "(LangChain's OpenAIEmbeddings: check_embedding_ctx_length=False)"
-            )
-        raise InvalidInputError('must be a string, {"text": "..."} or {"image": "<data URI or base64>"}')
+        if isinstance(item, TextItem):
+            return _text(doc_id, item.text)
+        if isinstance(item, ImageItem):
+            return self._image(doc_id, item.image)
+        raise InvalidInputError(
+            'is a list of token ids; this server tokenizes for itself: send the text '
+            "(LangChain's OpenAIEmbeddings: check_embedding_ctx_length=False)"
+        )
 
     def _image(self, doc_id: str, image: str) -> Document:
         if image.startswith('data:image/'):
@@ -178,42 +196,59 @@ def _json_object(raw: bytes) -> dict:
     return body
 
 
-def _check_model(body: dict, served: ServedModel) -> None:
-    requested = body.get('model')
-    if not isinstance(requested, str) or not requested:
-        raise OpenAIError(ErrorKind.INVALID, f'model is required: this server serves {served.name}', 'model')
-    if not same_model(requested, served.name):
+def read_request(body: dict, served: ServedModel, max_items: int) -> EmbeddingsRequest:
+    """The body as a request for the served model, within the item limit, or the OpenAIError that says why not."""
+    try:
+        asked = EmbeddingsRequest.parse_obj(body)
+    except ValidationError as error:
+        raise _refusal(error, body, served) from None
+    _check_model(asked, served)
+    _check_item_count(asked.items(), max_items)
+    return asked
+
+
+def _refusal(error: ValidationError, body: dict, served: ServedModel) -> OpenAIError:
+    """The first field at fault (pydantic lists them in the model's order) said as this API says it:
+    pydantic's own words name neither the served model nor what an item may be."""
+    locations = [entry['loc'] for entry in error.errors()]
+    field = str(locations[0][0])
+    if field == 'model':
+        return OpenAIError(ErrorKind.INVALID, f'model is required: this server serves {served.name}', 'model')
+    if field == 'dimensions':
+        return _wrong_dimensions(served)
+    if field == 'encoding_format':
+        wrong = body['encoding_format']
+        return OpenAIError(ErrorKind.INVALID, f'encoding_format must be float or base64, got {wrong!r}', field)
+    if field == 'input':
+        # a list's item at fault is named; an input that is no list at all fails only as a whole
+        item = next((loc[1] for loc in locations if loc[0] == 'input' and len(loc) > 1), None)
+        message = 'input must be a string or a non-empty list' if item is None else f'input[{item}]: {ITEM_SHAPES}'
+        return OpenAIError(ErrorKind.INVALID, message, 'input')
+    return OpenAIError(ErrorKind.INVALID, f'{field}: {error.errors()[0]["msg"]}', field)
+
+
+def _check_model(asked: EmbeddingsRequest, served: ServedModel) -> None:
+    if not same_model(asked.model, served.name):
         raise OpenAIError(
             ErrorKind.NOT_FOUND,
-            f'the model {requested!r} does not exist here: this server serves {served.name}',
+            f'the model {asked.model!r} does not exist here: this server serves {served.name}',
             'model',
             MODEL_NOT_FOUND,
         )
-    dimensions = body.get('dimensions')
-    if dimensions is not None and dimensions != served.dim:
-        raise OpenAIError(
-            ErrorKind.INVALID,
-            f'dimensions must be {served.dim} for {served.name}: CLIP embeddings cannot be shortened '
-            '(the model was not trained for it); leave dimensions out',
-            'dimensions',
-        )
+    if asked.dimensions is not None and asked.dimensions != served.dim:
+        raise _wrong_dimensions(served)
 
 
-def _encoding_format(body: dict) -> str:
-    encoding = body.get('encoding_format') or 'float'
-    if encoding not in ENCODING_FORMATS:
-        raise OpenAIError(
-            ErrorKind.INVALID, f'encoding_format must be float or base64, got {encoding!r}', 'encoding_format'
-        )
-    return encoding
+def _wrong_dimensions(served: ServedModel) -> OpenAIError:
+    return OpenAIError(
+        ErrorKind.INVALID,
+        f'dimensions must be {served.dim} for {served.name}: CLIP embeddings cannot be shortened '
+        '(the model was not trained for it); leave dimensions out',
+        'dimensions',
+    )
 
 
-def _items(body: dict, max_items: int) -> list:
-    items = body.get('input')
-    if isinstance(items, str):
-        items = [items]
-    if not isinstance(items, list) or not items:
-        raise OpenAIError(ErrorKind.INVALID, 'input must be a string or a non-empty list', 'input')
+def _check_item_count(items: list[Item], max_items: int) -> None:
     if len(items) > max_items:
         raise OpenAIError(
             ErrorKind.TOO_LARGE,
@@ -221,19 +256,19 @@ def _items(body: dict, max_items: int) -> list:
             'input',
             'too_many_items',
         )
-    return items
 
 
-def _embeddings_response(docs: DocumentArray, served: ServedModel, encoding: str) -> dict:
-    data = []
-    for index, doc in enumerate(docs):
-        vector = np.asarray(doc.embedding, dtype='<f4')
-        embedding = base64.b64encode(vector.tobytes()).decode() if encoding == 'base64' else vector.tolist()
-        data.append({'object': 'embedding', 'index': index, 'embedding': embedding})
+def _embeddings_response(docs: DocumentArray, served: ServedModel, encoding: str) -> EmbeddingsResponse:
+    """The answer, built unvalidated (`construct`): the values are the server's own, and checking
+    each number of each vector would cost more than writing them."""
+    data = [
+        Embedding.construct(index=index, embedding=_encoded(doc.embedding, encoding)) for index, doc in enumerate(docs)
+    ]
     tokens = sum(int(doc.tags.get(TOKENS_TAG, 0)) for doc in docs)  # images count no tokens
-    return {
-        'object': 'list',
-        'data': data,
-        'model': served.name,
-        'usage': {'prompt_tokens': tokens, 'total_tokens': tokens},
-    }
+    usage = Usage.construct(prompt_tokens=tokens, total_tokens=tokens)
+    return EmbeddingsResponse.construct(data=data, model=served.name, usage=usage)
+
+
+def _encoded(embedding, encoding: str) -> list[float] | str:
+    vector = np.asarray(embedding, dtype='<f4')
+    return base64.b64encode(vector.tobytes()).decode() if encoding == 'base64' else vector.tolist()

@@ -5,9 +5,11 @@ import http.server
 import threading
 
 import pytest
+from fastapi import FastAPI
 
 from clip_server.gateway import remote_images
-from clip_server.gateway.openai_api import OpenAIError, OpenAIRoutes, ServedModel, _check_model, _items
+from clip_server.gateway.openai_api import OpenAIError, OpenAIRoutes, ServedModel, read_request
+from clip_server.gateway.openai_models import EmbeddingsRequest
 from clip_server.gateway.remote_images import ImageFetching
 from clip_server.model.registry import same_model
 from clip_server.types import ConfigurationError, InvalidInputError
@@ -20,37 +22,75 @@ def test_the_served_model_answers_to_its_names_and_aliases(name):
     assert same_model(name, 'ViT-B-32::openai')
 
 
+def request(**fields) -> dict:
+    return {'model': 'ViT-B-32::openai', 'input': 'a cat', **fields}
+
+
 def test_another_model_is_not_found():
     assert not same_model('ViT-L-14::openai', 'ViT-B-32::openai')
     with pytest.raises(OpenAIError, match='this server serves ViT-B-32::openai') as missing:
-        _check_model({'model': 'text-embedding-3-small'}, SERVED)
+        read_request(request(model='text-embedding-3-small'), SERVED, 4)
     assert (missing.value.status, missing.value.code) == (404, 'model_not_found')
 
 
 def test_dimensions_must_be_the_models():
-    _check_model({'model': 'ViT-B-32::openai', 'dimensions': 512}, SERVED)
+    assert read_request(request(dimensions=512), SERVED, 4).dimensions == 512
     with pytest.raises(OpenAIError, match='dimensions must be 512'):
-        _check_model({'model': 'ViT-B-32::openai', 'dimensions': 256}, SERVED)
+        read_request(request(dimensions=256), SERVED, 4)
 
 
 def test_input_is_a_string_or_a_bounded_list():
-    assert _items({'input': 'one'}, 4) == ['one']
+    assert read_request(request(input='one'), SERVED, 4).items() == ['one']
     with pytest.raises(OpenAIError, match='input must be a string or a non-empty list'):
-        _items({'input': []}, 4)
+        read_request(request(input=[]), SERVED, 4)
     with pytest.raises(OpenAIError, match=r'input has 5 items, over max_docs_per_request \(4\)') as over:
-        _items({'input': ['x'] * 5}, 4)
+        read_request(request(input=['x'] * 5), SERVED, 4)
     assert over.value.status == 413
+
+
+@pytest.mark.parametrize(
+    ('body', 'param', 'says'),
+    [
+        ({'input': 'x'}, 'model', 'model is required: this server serves ViT-B-32::openai'),
+        (request(model=''), 'model', 'model is required'),
+        (request(model=5), 'model', 'model is required'),
+        (request(dimensions='512'), 'dimensions', 'dimensions must be 512 for ViT-B-32::openai'),
+        (request(encoding_format='hex'), 'encoding_format', "encoding_format must be float or base64, got 'hex'"),
+        (request(input=5), 'input', 'input must be a string or a non-empty list'),
+        (request(input=None), 'input', 'input must be a string or a non-empty list'),
+        (request(input=['fine', 5]), 'input', 'input[1]: must be a string, {"text": "..."} or {"image": '),
+        (request(input=['fine', {'text': 'a', 'image': 'b'}]), 'input', 'input[1]: must be a string'),
+        (request(input=[{'text': 5}]), 'input', 'input[0]: must be a string'),
+        (request(user={'id': 1}), 'user', 'user: str type expected'),
+    ],
+)
+def test_a_malformed_request_is_refused_naming_the_field(body, param, says):
+    with pytest.raises(OpenAIError) as refused:
+        read_request(body, SERVED, 4)
+    assert says in str(refused.value)
+    assert (refused.value.status, refused.value.param) == (400, param)
+
+
+def test_an_unset_encoding_format_is_float():
+    assert read_request(request(encoding_format=None), SERVED, 4).encoding_format == 'float'
+    assert read_request(request(), SERVED, 4).encoding_format == 'float'
+
+
+def items(*raw) -> list:
+    return EmbeddingsRequest(model='any', input=list(raw)).items()
 
 
 def test_items_become_documents_named_by_index():
     routes = OpenAIRoutes(streamer=None, max_items=8, fetching=ImageFetching())
     png = base64.b64encode(b'\x89PNG fake').decode()
-    docs = routes._documents(['a cat', f'data:image/png;base64,{png}', {'image': png}, {'text': 'data:image/x'}])
+    docs = routes._documents(items('a cat', f'data:image/png;base64,{png}', {'image': png}, {'text': 'data:image/x'}))
     assert [doc.id for doc in docs] == ['input[0]', 'input[1]', 'input[2]', 'input[3]']
     assert docs[0].text == 'a cat' and docs[1].uri.startswith('data:image/png') and docs[2].blob == b'\x89PNG fake'
     assert docs[3].text == 'data:image/x'  # an explicit text stays a text
     with pytest.raises(OpenAIError, match=r'input\[1\]: image is neither a data URI, a URL nor valid base64'):
-        routes._documents(['fine', {'image': 'not base64!'}])
+        routes._documents(items('fine', {'image': 'not base64!'}))
+    with pytest.raises(OpenAIError, match=r'input\[0\]: is a list of token ids'):
+        routes._documents(items([101, 2023, 102]))
 
 
 def test_image_urls_are_refused_unless_hosts_are_listed():
@@ -105,3 +145,16 @@ def test_a_fetch_is_capped_and_never_follows_redirects(local_site):
         fetching.fetch(f'{local_site}/large')
     with pytest.raises(InvalidInputError, match='redirects are not followed'):
         fetching.fetch(f'{local_site}/moved')
+
+
+def test_the_routes_declare_their_answers_in_the_openapi_schema():
+    app = FastAPI()
+    OpenAIRoutes(streamer=None, max_items=8, fetching=ImageFetching()).install(app)
+    paths = app.openapi()['paths']
+
+    def schema(path: str, method: str, status: str) -> dict:
+        return paths[path][method]['responses'][status]['content']['application/json']['schema']
+
+    assert schema('/v1/embeddings', 'post', '200') == {'$ref': '#/components/schemas/EmbeddingsResponse'}
+    assert schema('/v1/embeddings', 'post', '404') == {'$ref': '#/components/schemas/ErrorResponse'}
+    assert schema('/v1/models', 'get', '200') == {'$ref': '#/components/schemas/ModelList'}

@@ -22,6 +22,7 @@ import pytest
 
 from clip_server.gateway import remote_images
 from clip_server.gateway.openai_api import OpenAIError, OpenAIRoutes
+from clip_server.gateway.openai_models import ImageItem
 from clip_server.gateway.remote_images import ImageFetching
 from clip_server.types import ConfigurationError, InvalidInputError
 
@@ -308,7 +309,7 @@ def test_bad_fetch_options_are_refused(option, refusal):
 
 def test_the_embeddings_route_fetches_a_requests_urls_side_by_side_and_names_a_refused_item(site):
     routes = OpenAIRoutes(streamer=None, max_items=8, fetching=ImageFetching(hosts=('images.test',)))
-    docs = routes._documents(['a cat', f'{site.url}/slow', {'image': f'{site.url}/slow'}])
+    docs = routes._documents(['a cat', f'{site.url}/slow', ImageItem(image=f'{site.url}/slow')])
     start = time.monotonic()
     run_without_default_executor(routes._fetch_images(docs))
     assert time.monotonic() - start < 1.8 * SLOW_SECONDS

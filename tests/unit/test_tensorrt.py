@@ -1,18 +1,23 @@
 """TensorRT: what can be checked without a GPU here, and parity tests that run where one is lent."""
 
+import contextlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 
+from clip_server.model.runtimes import tensorrt_runtime
 from clip_server.model.runtimes.tensorrt_runtime import (
     EngineKey,
+    cached_engines,
     missing_pieces,
     onnx_sha256,
     profile_shapes,
     require_tensorrt,
 )
+from clip_server.types import Device, DType
 
 MISSING = missing_pieces()
 needs_gpu = pytest.mark.skipif(bool(MISSING), reason=f'TensorRT needs {" and ".join(MISSING)}')
@@ -83,6 +88,34 @@ def test_onnx_digest_follows_the_files(tmp_path):
     first = onnx_sha256(tmp_path)
     (tmp_path / 'visual.onnx.data').write_bytes(b'weights')
     assert onnx_sha256(tmp_path) != first
+
+
+def test_engines_are_built_on_the_gpu_asked_for_without_changing_the_process_gpu(monkeypatch, tmp_path):
+    """A global `set_device` would move every other model of the process to that GPU too."""
+    calls = []
+
+    @contextlib.contextmanager
+    def selected(gpu):
+        calls.append(f'select {gpu}')
+        yield
+        calls.append('restore')
+
+    def build_once(folder, build, what):
+        calls.append('build')
+        return folder
+
+    def set_device(gpu):
+        pytest.fail('torch.cuda.set_device changes the GPU of the whole process')
+
+    key = EngineKey('a' * 64, '10.8.0', 'NVIDIA H100', '9.0', fp16=True, max_batch=4)
+    monkeypatch.setattr(torch.cuda, 'device', selected)
+    monkeypatch.setattr(torch.cuda, 'set_device', set_device)
+    monkeypatch.setattr(tensorrt_runtime, 'engine_key', lambda folder, gpu, **options: key)
+    monkeypatch.setattr(tensorrt_runtime, 'build_once', build_once)
+    monkeypatch.setenv('CLIP_SERVER_CACHE', str(tmp_path))
+    folder = cached_engines('tiny-vit', tmp_path, device=Device('cuda', 1), dtype=DType.FP16, max_batch=4)
+    assert calls == ['select cuda:1', 'build', 'restore']
+    assert folder == tmp_path / 'tensorrt' / 'tiny-vit' / key.digest()
 
 
 @needs_gpu

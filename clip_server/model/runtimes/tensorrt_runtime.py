@@ -85,14 +85,14 @@ def onnx_sha256(folder: Path) -> str:
     return content.hexdigest()
 
 
-def engine_key(onnx_folder: Path, *, fp16: bool, max_batch: int) -> EngineKey:
+def engine_key(onnx_folder: Path, gpu: torch.device, *, fp16: bool, max_batch: int) -> EngineKey:
     import tensorrt as trt
 
-    major, minor = torch.cuda.get_device_capability()
+    major, minor = torch.cuda.get_device_capability(gpu)
     return EngineKey(
         onnx_sha256=onnx_sha256(onnx_folder),
         tensorrt_version=trt.__version__,
-        gpu_name=torch.cuda.get_device_name(),
+        gpu_name=torch.cuda.get_device_name(gpu),
         compute_capability=f'{major}.{minor}',
         fp16=fp16,
         max_batch=max_batch,
@@ -117,13 +117,15 @@ def profile_shapes(
     return (1, *rest), (max_batch, *rest), (max_batch, *rest)
 
 
-def workspace_bytes() -> int:
-    free, _ = torch.cuda.mem_get_info(torch.cuda.current_device())
+def workspace_bytes(gpu: torch.device) -> int:
+    free, _ = torch.cuda.mem_get_info(gpu)
     return int(min(WORKSPACE_CAP, free * WORKSPACE_SHARE))
 
 
-def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, max_batch: int) -> None:
-    """Compile one ONNX graph into a serialized engine file (minutes for the large models)."""
+def build_engine(onnx_path: Path, engine_path: Path, gpu: torch.device, *, fp16: bool, max_batch: int) -> None:
+    """Compile one ONNX graph into a serialized engine file for `gpu` (minutes for the large models).
+
+    TensorRT builds on the current CUDA device: the caller selects `gpu` for the call (`torch.cuda.device`)."""
     import tensorrt as trt
 
     trt_logger = trt.Logger(trt.Logger.WARNING)
@@ -135,7 +137,7 @@ def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool, max_batch: i
         raise RuntimeError(f'TensorRT cannot parse {onnx_path}: {errors}')
 
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes())
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes(gpu))
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
@@ -173,18 +175,23 @@ _TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torc
 
 
 class _Engine:
-    """One deserialized engine and its execution context."""
+    """One deserialized engine and its execution context, on one GPU.
+
+    TensorRT loads and runs on the current CUDA device; each call selects this engine's GPU for
+    itself (`torch.cuda.device`), so engines on different GPUs share a process without a global
+    `set_device`."""
 
     def __init__(self, path: Path, device: torch.device):
         import tensorrt as trt
 
         self._trt = trt
         self._device = device
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self._engine = runtime.deserialize_cuda_engine(path.read_bytes())
-        if self._engine is None:
-            raise RuntimeError(f'cannot load the TensorRT engine {path}; delete it to have it rebuilt')
-        self._context = self._engine.create_execution_context()
+        with torch.cuda.device(device):
+            runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self._engine = runtime.deserialize_cuda_engine(path.read_bytes())
+            if self._engine is None:
+                raise RuntimeError(f'cannot load the TensorRT engine {path}; delete it to have it rebuilt')
+            self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         is_input = {name: self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT for name in names}
         self.inputs = [name for name in names if is_input[name]]
@@ -199,7 +206,7 @@ class _Engine:
 
         Copies, execution and the copy back all go on this engine's stream, in order.
         """
-        with torch.cuda.stream(self._stream):
+        with torch.cuda.device(self._device), torch.cuda.stream(self._stream):
             held = []  # device buffers must outlive the asynchronous execution
             for name in self.inputs:
                 array = np.ascontiguousarray(feeds[name], dtype=self._numpy_dtype(name))
@@ -249,15 +256,17 @@ class TensorRTEncoder:
 def cached_engines(model_name: str, onnx_folder: Path, *, device: Device, dtype: DType, max_batch: int) -> Path:
     """The folder with the engines for this model on `device`'s GPU, built first if need be.
 
-    fp16 engines keep LayerNorm and reductions in fp32."""
-    torch.cuda.set_device(torch.device(str(device)))  # the GPU the key names and the engines are built on
+    fp16 engines keep LayerNorm and reductions in fp32. `device` is selected for this call only.
+    """
+    gpu = torch.device(str(device))
     fp16 = dtype == DType.FP16
-    key = engine_key(onnx_folder, fp16=fp16, max_batch=max_batch)
+    key = engine_key(onnx_folder, gpu, fp16=fp16, max_batch=max_batch)
     folder = cache.tensorrt_engines() / folder_name(model_name) / key.digest()
 
     def build(target: Path) -> None:
         for graph, engine in ENGINE_FILES.items():
-            build_engine(onnx_folder / graph, target / engine, fp16=fp16, max_batch=max_batch)
+            build_engine(onnx_folder / graph, target / engine, gpu, fp16=fp16, max_batch=max_batch)
 
     logger.info('TensorRT %s on %s (compute %s)', key.tensorrt_version, key.gpu_name, key.compute_capability)
-    return build_once(folder, build, f'the TensorRT engines of {model_name}')
+    with torch.cuda.device(gpu):  # the GPU the key names: TensorRT builds on the current one
+        return build_once(folder, build, f'the TensorRT engines of {model_name}')

@@ -13,6 +13,7 @@ from clip_server.benchmark.flows import (
     ExecutorConfig,
     ceiling_flow,
     encoder_options,
+    encoder_parameters,
     executor_config,
     executor_runtime,
     read_flow,
@@ -22,7 +23,7 @@ from clip_server.benchmark.inputs import captions, photo_jpeg
 from clip_server.benchmark.measure import ServerResult, in_process_row, measure_server, yardstick_row
 from clip_server.benchmark.report import machine_lines, markdown_table, server_ratios
 from clip_server.model.factory import resolve
-from clip_server.model.registry import DEFAULT_MODEL, ModelSpec
+from clip_server.model.registry import ModelSpec
 from clip_server.types import ClipServerError, Runtime
 
 
@@ -51,7 +52,7 @@ def _texts(path: Path | None) -> list[str]:
 
 
 def _flow_line(server: ServerResult, spec: ModelSpec, runtime: Runtime, config: ExecutorConfig) -> str:
-    described = server.ready_line or f'{spec.name} on {runtime.label}, dtype {config.params.get("dtype", "default")}'
+    described = server.ready_line or f'{spec.name} on {runtime.label}, dtype {encoder_parameters(config).dtype}'
     return f'{described}; replicas: {config.replicas}'
 
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> str:
     """Every measurement in sequence; returns the report."""
     flow = read_flow(args.flow_yaml)
     runtime = executor_runtime(executor_config(flow))
-    spec = resolve(executor_config(flow).params.get('name', DEFAULT_MODEL))
+    spec = resolve(encoder_parameters(executor_config(flow)).name)
     texts, jpegs = _texts(args.texts_file), [photo_jpeg(seed) for seed in range(2 * BATCH)]
     threads = int(os.environ.get('OMP_NUM_THREADS') or 0) or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix='clip-benchmark-') as scratch:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from clip_server.benchmark import BenchmarkError
+from clip_server.executors.parameters import EncoderParameters
 from clip_server.model import factory
 from clip_server.model.factory import EncoderOptions
 from clip_server.model.registry import ModelSpec
@@ -127,21 +128,15 @@ def executor_config(flow: dict) -> ExecutorConfig:
     )
 
 
+def encoder_parameters(config: ExecutorConfig) -> EncoderParameters:
+    """The encoder's `with:` read by the executor's own code, defaults included."""
+    return EncoderParameters.from_params(config.params)
+
+
 def encoder_options(config: ExecutorConfig, threads: int) -> EncoderOptions:
-    """The options the executor gives the factory, with `threads` unless the YAML sets them."""
-    params = config.params
-    return EncoderOptions(
-        model_path=params.get('model_path'),
-        device=params.get('device'),
-        dtype=params.get('dtype'),
-        jit=bool(params.get('jit', False)),
-        threads=params.get('intra_op_threads') or config.omp_threads or threads,
-        max_batch=minibatch_size(config),
-    )
-
-
-def minibatch_size(config: ExecutorConfig) -> int:
-    return int(config.params.get('minibatch_size', 32))
+    """The options the executor gives the factory; unless the YAML sets `intra_op_threads`, the
+    threads of the executor's `OMP_NUM_THREADS`, else `threads`."""
+    return encoder_parameters(config).encoder_options(default_threads=config.omp_threads or threads)
 
 
 def executor_runtime(config: ExecutorConfig) -> Runtime:

@@ -34,4 +34,4 @@ class CLIPEncoder(CLIPEncoderBase):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.build_model(device=device, dtype=dtype, threads=intra_op_threads)
+        self.build_model(device=device, dtype=dtype, intra_op_threads=intra_op_threads)

@@ -30,11 +30,11 @@ from clip_server.executors.documents import (
     summary,
     text_of,
 )
+from clip_server.executors.parameters import EncoderParameters
 from clip_server.executors.ranking import rank_matches
 from clip_server.model import factory
 from clip_server.model.device_pixels import DevicePixels
 from clip_server.model.encoder import Encoder
-from clip_server.model.factory import EncoderOptions
 from clip_server.model.preprocess import Preprocessor
 from clip_server.model.registry import DEFAULT_MODEL, ModelSpec
 from clip_server.types import AUTO, ConfigurationError, InvalidInputError, Runtime, auto_dtype
@@ -126,14 +126,12 @@ class CLIPEncoderBase(Executor):
             )
             raise TypeError(f'unknown parameter(s) {", ".join(unknown)} for CLIPEncoder; it takes {", ".join(known)}')
 
-    def build_model(self, threads: int | None = None, **runtime_options: Any) -> None:
-        """Load the model on this executor's runtime: one factory call."""
-        options = EncoderOptions(
-            model_path=self._model_path,
-            threads=threads or self.cpu_threads(),
-            max_batch=self.minibatch_size,
-            **runtime_options,
-        )
+    def build_model(self, **runtime_parameters: Any) -> None:
+        """Load the model on this executor's runtime: one factory call, with the options that its
+        parameters ask for, read as `EncoderParameters` (as the benchmark reads a Flow's `with:`)."""
+        shared = {'name': self.spec.name, 'model_path': self._model_path, 'minibatch_size': self.minibatch_size}
+        parameters = EncoderParameters.from_params({**shared, **runtime_parameters})
+        options = parameters.encoder_options(default_threads=self.cpu_threads())
         self.model = factory.build_encoder(self.spec, self.runtime, options, self.preprocessor)
         # which GPU a replica got (jina sets CUDA_VISIBLE_DEVICES per replica for `RR`): one line tells
         gpus = os.environ.get('CUDA_VISIBLE_DEVICES')
@@ -142,7 +140,7 @@ class CLIPEncoderBase(Executor):
             f'{self.spec.name} ready on {self.runtime.label}, {self.model.description}, '
             f'{self.spec.dim}-d embeddings{placed}'
         )
-        if runtime_options.get('dtype') in (None, AUTO):
+        if parameters.dtype in (None, AUTO):
             why = auto_dtype(self.runtime, self.model.device)[1]
             self.logger.info(f'dtype auto chose {self.model.dtype}: {why}')
         self._warm_up()

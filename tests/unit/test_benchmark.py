@@ -1,5 +1,7 @@
 """The benchmark's pure helpers: reading and rewriting a Flow YAML, and the report (no server is started)."""
 
+import dataclasses
+import inspect
 import io
 import itertools
 import os
@@ -25,6 +27,9 @@ from clip_server.benchmark.inputs import batches, captions, photo_jpeg
 from clip_server.benchmark.measure import Rate, Row
 from clip_server.benchmark.processes import session_pids
 from clip_server.benchmark.report import cpu_name, markdown_table, server_ratios
+from clip_server.executors import clip_onnx, clip_tensorrt, clip_torch
+from clip_server.executors.encoder_base import CLIPEncoderBase
+from clip_server.executors.parameters import EncoderParameters
 from clip_server.model.registry import resolve
 
 FLOW = textwrap.dedent(
@@ -93,6 +98,21 @@ def test_encoder_options_follow_the_executor():
     options = encoder_options(executor_config(load_flow(FLOW)), threads=16)
     assert (options.model_path, options.dtype, options.max_batch) == ('weights.pt', 'fp32', 8)
     assert options.threads == 3  # the executor's own OMP_NUM_THREADS
+
+
+def test_unset_options_take_the_executors_defaults():
+    options = encoder_options(executor_config(load_flow('jtype: Flow\nexecutors:\n  - uses: {jtype: E}\n')), 16)
+    assert (options.dtype, options.max_batch, options.jit, options.threads) == ('auto', 32, False, 16)
+
+
+def test_the_parameters_read_are_the_executors_own():
+    """Each field is a `with:` key of some CLIPEncoder, with the default one of them declares."""
+    declared: dict[str, set] = {}
+    for executor in (CLIPEncoderBase, clip_torch.CLIPEncoder, clip_onnx.CLIPEncoder, clip_tensorrt.CLIPEncoder):
+        for name, parameter in inspect.signature(executor.__init__).parameters.items():
+            declared.setdefault(name, set()).add(parameter.default)
+    for field in dataclasses.fields(EncoderParameters):
+        assert field.default in declared[field.name], field.name
 
 
 def test_a_tagged_executor_is_read_like_a_jtype():

@@ -101,13 +101,18 @@ class OpenAIRoutes:
         try:
             body = _json_object(await request.body())
             served = await self._model()
-            asked = read_request(body, served, self._max_items)
-            docs = await asyncio.to_thread(self._documents, asked.items())
+            asked, docs = await asyncio.to_thread(self._read, body, served)
             await self._fetch_images(docs)
             encoded = await self._encode(docs)
         except OpenAIError as error:
             return error.response()
         return JSONResponse(_embeddings_response(encoded, served, asked.encoding_format).body())
+
+    def _read(self, body: dict, served: ServedModel) -> tuple[EmbeddingsRequest, DocumentArray]:
+        """The request and its documents, off the event loop: checking and decoding thousands of
+        items takes a while."""
+        asked = read_request(body, served, self._max_items)
+        return asked, self._documents(asked.items())
 
     async def _model(self) -> ServedModel:
         """The model the encoder serves, asked once (only the executor knows it)."""
@@ -198,12 +203,12 @@ def _json_object(raw: bytes) -> dict:
 
 def read_request(body: dict, served: ServedModel, max_items: int) -> EmbeddingsRequest:
     """The body as a request for the served model, within the item limit, or the OpenAIError that says why not."""
+    _check_item_count(body.get('input'), max_items)  # first: pydantic would check every item of any list
     try:
         asked = EmbeddingsRequest.parse_obj(body)
     except ValidationError as error:
         raise _refusal(error, body, served) from None
     _check_model(asked, served)
-    _check_item_count(asked.items(), max_items)
     return asked
 
 
@@ -248,8 +253,8 @@ def _wrong_dimensions(served: ServedModel) -> OpenAIError:
     )
 
 
-def _check_item_count(items: list[Item], max_items: int) -> None:
-    if len(items) > max_items:
+def _check_item_count(items: Any, max_items: int) -> None:
+    if isinstance(items, list) and len(items) > max_items:
         raise OpenAIError(
             ErrorKind.TOO_LARGE,
             f'input has {len(items):,} items, over max_docs_per_request ({max_items:,})',

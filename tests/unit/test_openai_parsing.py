@@ -46,6 +46,8 @@ def test_input_is_a_string_or_a_bounded_list():
     with pytest.raises(OpenAIError, match=r'input has 5 items, over max_docs_per_request \(4\)') as over:
         read_request(request(input=['x'] * 5), SERVED, 4)
     assert over.value.status == 413
+    with pytest.raises(OpenAIError, match='input has 5 items'):  # counted before any item is checked
+        read_request(request(input=[5] * 5), SERVED, 4)
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from clip_server.executors.advice import OTHER_RUNTIMES, advising
 from clip_server.executors.encoder_base import CLIPEncoderBase
-from clip_server.types import AUTO, Runtime
+from clip_server.types import AUTO, Runtime, RuntimeUnavailableError
 
 
 class CLIPEncoder(CLIPEncoderBase):
@@ -25,5 +26,6 @@ class CLIPEncoder(CLIPEncoderBase):
         dtype: str = AUTO,
         **kwargs: Any,
     ):
-        super().__init__(**kwargs)
+        with advising(RuntimeUnavailableError, OTHER_RUNTIMES):  # no tensorrt package or GPU here
+            super().__init__(**kwargs)
         self.build_model(device=device, dtype=dtype)

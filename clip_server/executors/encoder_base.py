@@ -19,6 +19,7 @@ from docarray import Document, DocumentArray
 from jina import Executor, requests
 from PIL import Image
 
+from clip_server.executors.advice import LOCAL_WEIGHTS, advising
 from clip_server.executors.content import DEFAULT_LIMITS, ContentLimits, decodable_on_device
 from clip_server.executors.documents import (
     Failure,
@@ -37,7 +38,14 @@ from clip_server.model.device_pixels import DevicePixels
 from clip_server.model.encoder import Encoder
 from clip_server.model.preprocess import Preprocessor
 from clip_server.model.registry import DEFAULT_MODEL, ModelSpec
-from clip_server.types import AUTO, ConfigurationError, InvalidInputError, Runtime, auto_dtype
+from clip_server.types import (
+    AUTO,
+    ConfigurationError,
+    InvalidInputError,
+    Runtime,
+    WeightsUnavailableError,
+    auto_dtype,
+)
 from clip_server.wire import (
     BOOKKEEPING,
     COUNT_TOKENS,
@@ -98,10 +106,11 @@ class CLIPEncoderBase(Executor):
         if traversal_paths is not None:
             self.logger.warning('`traversal_paths` is deprecated; use `access_paths` instead')
             access_paths = traversal_paths
-        self.spec: ModelSpec = factory.resolve(name)  # hf-hub names fetch their repo's config
-        factory.check_supported(self.spec, self.runtime)  # before the tokenizer or weights are fetched
-        # a model_path folder may also hold the tokenizer (M-CLIP, HF text towers)
-        self.preprocessor: Preprocessor = factory.preprocessor(self.spec, model_path)
+        with advising(WeightsUnavailableError, LOCAL_WEIGHTS):
+            self.spec: ModelSpec = factory.resolve(name)  # hf-hub names fetch their repo's config
+            factory.check_supported(self.spec, self.runtime)  # before the tokenizer or weights are fetched
+            # a model_path folder may also hold the tokenizer (M-CLIP, HF text towers)
+            self.preprocessor: Preprocessor = factory.preprocessor(self.spec, model_path)
         self._model_path = model_path
         self._access_paths = access_paths
         self.minibatch_size = minibatch_size
@@ -132,7 +141,8 @@ class CLIPEncoderBase(Executor):
         shared = {'name': self.spec.name, 'model_path': self._model_path, 'minibatch_size': self.minibatch_size}
         parameters = EncoderParameters.from_params({**shared, **runtime_parameters})
         options = parameters.encoder_options(default_threads=self.cpu_threads())
-        self.model = factory.build_encoder(self.spec, self.runtime, options, self.preprocessor)
+        with advising(WeightsUnavailableError, LOCAL_WEIGHTS):
+            self.model = factory.build_encoder(self.spec, self.runtime, options, self.preprocessor)
         # which GPU a replica got (jina sets CUDA_VISIBLE_DEVICES per replica for `RR`): one line tells
         gpus = os.environ.get('CUDA_VISIBLE_DEVICES')
         placed = f', CUDA_VISIBLE_DEVICES={gpus}' if gpus is not None and self.model.device.is_cuda else ''

@@ -4,8 +4,8 @@ Weights come from their official source: the Hugging Face Hub (through huggingfa
 so its cache layout, locking and progress bars are reused) or, for URL sources, a
 plain HTTP download. A cached file that passes its checksum is served without any
 network access; a corrupt one is reported and fetched again. When nothing valid can be
-had, `WeightsUnavailableError` says which file was missing and how to serve a local
-copy instead.
+had, `WeightsUnavailableError` says which file was missing and where the cache was looked
+in; the executor adds how to serve a local copy instead.
 
 Kept free of Jina and docarray so it can be used (and tested) on its own.
 """
@@ -53,7 +53,7 @@ SHA256_NAME = re.compile(r'[0-9a-f]{64}')
 
 def _unavailable(source: str, looked_in: Path, reason: str, tried: tuple = ()) -> WeightsUnavailableError:
     """One message for every source tried (`tried`: the (source, reason) pairs of earlier failures),
-    saying where the cache was looked in and what to do."""
+    saying where the cache was looked in and how to fill it (an executor adds how to serve a local copy)."""
     failures = [*tried, (source, reason)]
     reasons = {why for _, why in failures}
     if len(reasons) == 1:
@@ -63,9 +63,8 @@ def _unavailable(source: str, looked_in: Path, reason: str, tried: tuple = ()) -
     error = WeightsUnavailableError(
         f'Cannot get {what}. '
         f'No valid copy was found in the cache at {looked_in}. '
-        'Restore network access (and unset HF_HUB_OFFLINE) to download it, copy a filled cache '
-        "folder from another machine, or set the executor's `model_path` (under `uses: with:` "
-        'in the Flow YAML) to a local copy.'
+        'Restore network access (and unset HF_HUB_OFFLINE) to download it, or copy a filled cache '
+        'folder from another machine.'
     )
     error.failures = failures
     return error
@@ -82,7 +81,7 @@ def locate_weights(spec: ModelSpec, model_path: str | os.PathLike | None = None)
         return fetch_hub_weights(spec.hub_repo)
     if spec.tag is None:
         raise WeightsUnavailableError(
-            f'{spec.name!r} is an architecture without pretrained weights: set `model_path` to a weights file'
+            f'{spec.name!r} is an architecture without pretrained weights: it needs a weights file as `model_path`.'
         )
     return fetch_open_clip_weights(spec.arch, spec.tag)
 

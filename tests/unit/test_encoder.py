@@ -12,7 +12,7 @@ from PIL import Image
 
 from clip_server.executors.clip_torch import CLIPEncoder
 from clip_server.executors.input_errors import InputErrors
-from clip_server.types import InvalidInputError
+from clip_server.types import InvalidInputError, WeightsUnavailableError
 from clip_server.wire import ERROR_TAG
 from helpers import encoded, reference_image_embeddings, reference_text_embeddings, sample_image
 
@@ -131,6 +131,15 @@ def test_bad_parameters_fail_at_start(tiny_weights):
         CLIPEncoder(name='tiny-vit', model_path=str(tiny_weights['tiny-vit']), dtype='fp64')
     with pytest.raises(ValueError, match='Unknown model name'):
         CLIPEncoder(name='ViT-Z-99::nothing')
+
+
+def test_the_model_layer_names_the_problem_and_the_executor_the_yaml_key():
+    with pytest.raises(WeightsUnavailableError) as error:
+        CLIPEncoder(name='tiny-vit')  # an architecture: no pretrained weights to fetch
+    assert str(error.value) == (
+        "'tiny-vit' is an architecture without pretrained weights: it needs a weights file as `model_path`. "
+        "To serve a local file, set the executor's `model_path` (under `uses: with:` in the Flow YAML) to it."
+    )
 
 
 @pytest.fixture

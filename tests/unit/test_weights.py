@@ -276,7 +276,8 @@ def test_unreachable_source_with_empty_cache_names_the_file(tmp_path):
     with pytest.raises(WeightsUnavailableError) as info:
         fetch_url(url, cache_root=tmp_path, retries=1)
     message = str(info.value)
-    assert url in message and str(tmp_path / 'RN50.pt') in message and 'model_path' in message
+    assert url in message and str(tmp_path / 'RN50.pt') in message and 'copy a filled cache folder' in message
+    assert 'uses: with:' not in message  # the executor adds the Flow YAML's remedy
 
 
 def test_offline_url_uses_cache_and_never_the_network(server, tmp_path, offline):
@@ -360,7 +361,7 @@ def test_hub_offline_with_empty_cache_names_the_file(tmp_path, offline):
     with pytest.raises(WeightsUnavailableError) as info:
         fetch_hf_file('org/repo', 'weights.bin', cache_root=tmp_path)
     message = str(info.value)
-    assert 'org/repo/weights.bin' in message and str(tmp_path) in message and 'model_path' in message
+    assert 'org/repo/weights.bin' in message and str(tmp_path) in message and 'copy a filled cache folder' in message
 
 
 # ----------------------------------------------------------------------------- open_clip
@@ -391,7 +392,7 @@ def test_open_clip_weights_offline_names_every_candidate(tmp_path, offline):
         fetch_open_clip_weights(*B32, cache_root=tmp_path)
     message = str(info.value)
     assert 'laion/CLIP-ViT-B-32-laion2B-s34B-b79K/open_clip_model.safetensors' in message
-    assert 'open_clip_pytorch_model.bin' in message and 'model_path' in message
+    assert 'open_clip_pytorch_model.bin' in message and 'copy a filled cache folder' in message
 
 
 def test_open_clip_weights_fall_back_to_the_url(hub, tmp_path, monkeypatch):
@@ -427,5 +428,5 @@ def test_locate_weights_prefers_the_operators_file(tmp_path):
     assert locate_weights(resolve('ViT-B-32::openai'), str(weights)) == weights
     with pytest.raises(FileNotFoundError, match="model_path '.*missing.pt' is not a file"):
         locate_weights(resolve('ViT-B-32::openai'), tmp_path / 'missing.pt')
-    with pytest.raises(WeightsUnavailableError, match='set `model_path`'):
+    with pytest.raises(WeightsUnavailableError, match='needs a weights file as `model_path`'):
         locate_weights(resolve('tiny-vit'))

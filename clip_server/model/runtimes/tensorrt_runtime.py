@@ -33,9 +33,6 @@ from clip_server.types import CLIP_SCORING, Device, DType, RuntimeUnavailableErr
 
 logger = logging.getLogger(__name__)
 
-ALTERNATIVES = (
-    'serve with PyTorch (`python -m clip_server`) or ONNX Runtime (`python -m clip_server onnx-flow.yml`) instead'
-)
 # The builder may use up to this share of the GPU's free memory as scratch space, capped at 4 GiB.
 WORKSPACE_SHARE = 0.5
 WORKSPACE_CAP = 4 << 30
@@ -54,10 +51,11 @@ def missing_pieces() -> list[str]:
 
 
 def require_tensorrt() -> None:
-    """Refuse to start, naming every missing piece, rather than fail on the first request."""
+    """Refuse to start, naming every missing piece, rather than fail on the first request (the
+    executor adds which runtimes serve instead)."""
     missing = missing_pieces()
     if missing:
-        raise RuntimeUnavailableError(f'The TensorRT runtime needs {" and ".join(missing)}; {ALTERNATIVES}.')
+        raise RuntimeUnavailableError(f'The TensorRT runtime needs {" and ".join(missing)}.')
 
 
 @dataclass(frozen=True)

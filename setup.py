@@ -63,6 +63,10 @@ setup(
         'onnx': ONNX,
         # engines are compiled from the ONNX export; TensorRT 10's named-tensor API
         'tensorrt': ONNX + ['tensorrt>=10,<11'],
+        # OpenVINO reads the ONNX export; NNCF quantizes it for int8. The releases measured in
+        # docs/benchmark.md: the CPU plugin's bf16 and int8 kernels and NNCF's quantize() API
+        # (its SmoothQuant switch) move between major releases
+        'openvino': ONNX + ['openvino>=2026.4,<2027', 'nncf>=3.4,<4'],
         # 5.18 is the first to accept huggingface_hub 2.x (<=5.17 need <2, 4.x need <1); install it
         # through this package so pydantic<2 holds (typer>=0.29, which transformers pulls, needs pydantic 2)
         'transformers': ['transformers>=5.18,<6'],

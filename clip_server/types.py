@@ -86,13 +86,19 @@ class Runtime(enum.StrEnum):
     TORCH = 'torch'
     ONNX = 'onnx'
     TENSORRT = 'tensorrt'
+    OPENVINO = 'openvino'
 
     @property
     def label(self) -> str:
         return _RUNTIME_LABELS[self]
 
 
-_RUNTIME_LABELS = {Runtime.TORCH: 'PyTorch', Runtime.ONNX: 'ONNX Runtime', Runtime.TENSORRT: 'TensorRT'}
+_RUNTIME_LABELS = {
+    Runtime.TORCH: 'PyTorch',
+    Runtime.ONNX: 'ONNX Runtime',
+    Runtime.TENSORRT: 'TensorRT',
+    Runtime.OPENVINO: 'OpenVINO',
+}
 
 
 class DType(enum.StrEnum):
@@ -101,7 +107,9 @@ class DType(enum.StrEnum):
     FP32 = 'fp32'
     FP16 = 'fp16'
     BF16 = 'bf16'
-    INT8 = 'int8'  # ONNX Runtime's dynamic quantization: int8 weights, activations quantized per call
+    # ONNX Runtime: dynamic quantization (int8 weights, activations quantized per call);
+    # OpenVINO: NNCF's static quantization (int8 weights and activations, calibrated once)
+    INT8 = 'int8'
 
 
 # What `dtype: auto` (the default) picks; see `auto_dtype`.
@@ -112,6 +120,7 @@ RUNTIME_DTYPES: dict[Runtime, tuple[DType, ...]] = {
     Runtime.TORCH: (DType.FP32, DType.FP16, DType.BF16),
     Runtime.ONNX: (DType.FP32, DType.FP16, DType.INT8),
     Runtime.TENSORRT: (DType.FP16, DType.FP32),
+    Runtime.OPENVINO: (DType.FP32, DType.BF16, DType.INT8),  # on CPU only (`factory`)
 }
 # Pairs that need a GPU: onnxruntime's CPU provider has few fp16 kernels (1.32 even crashes optimising them).
 GPU_ONLY_DTYPES = {(Runtime.ONNX, DType.FP16)}
@@ -188,7 +197,7 @@ def auto_dtype(runtime: Runtime, device: Device) -> tuple[DType, str]:
     """The fastest precision that keeps embeddings within 0.999 cosine of fp32, and why.
 
     fp16 on a GPU. bf16 on a CPU with native bf16 instructions (`BF16_CPU_FLAGS`) where the
-    runtime runs it (PyTorch). fp32 elsewhere: without those instructions bf16 is emulated and
+    runtime runs it (PyTorch, OpenVINO). fp32 elsewhere: without those instructions bf16 is emulated and
     slower than fp32, and ONNX Runtime has no bf16 CPU kernels.
     """
     if device.is_cuda:

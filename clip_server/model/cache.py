@@ -35,6 +35,11 @@ def tensorrt_engines() -> Path:
     return root() / 'tensorrt'
 
 
+def openvino_int8() -> Path:
+    """OpenVINO's int8 quantizations of those exports (IR), one folder per model and graphs."""
+    return root() / 'openvino'
+
+
 def default_index() -> Path:
     """The embedded vector index of a `CLIPIndexer` given no `index_path`."""
     return root() / 'index' / 'default'

@@ -7,9 +7,9 @@ The executors ask for a model here and nowhere else:
 - `build_encoder(spec, runtime, options)` gives a loaded `Encoder`.
 
 A family builder (`families/`) knows its checkpoint and tokenizer and makes two torch towers;
-a runtime (`runtimes/`) runs them (PyTorch), or graphs exported from them (ONNX Runtime, and
-TensorRT engines compiled from those graphs). Runtime modules are imported when first asked
-for, as ONNX Runtime and TensorRT come with optional extras.
+a runtime (`runtimes/`) runs them (PyTorch), or graphs exported from them (ONNX Runtime,
+TensorRT engines compiled from those graphs, OpenVINO on the CPU). Runtime modules are imported
+when first asked for, as ONNX Runtime, TensorRT and OpenVINO come with optional extras.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ from clip_server.types import (
     ModelPathError,
     Runtime,
     UnsupportedError,
+    parse_device,
     parse_dtype,
+    require,
 )
 
 
@@ -96,6 +98,8 @@ def check_supported(spec: ModelSpec, runtime: Runtime) -> FamilyBuilder:
         from clip_server.model.runtimes import tensorrt_runtime
 
         tensorrt_runtime.require_tensorrt()
+    if runtime is Runtime.OPENVINO:
+        require('openvino', 'openvino')  # before anything is downloaded
     return served.builder
 
 
@@ -201,10 +205,33 @@ def _tensorrt(spec: ModelSpec, builder: FamilyBuilder, options: EncoderOptions, 
     )
 
 
+def _openvino(spec: ModelSpec, builder: FamilyBuilder, options: EncoderOptions, given: Preprocessor | None) -> Encoder:
+    from clip_server.model.runtimes.openvino_runtime import OpenVINOEncoder, int8_graphs
+
+    device = parse_device(options.device or 'cpu')
+    if device.is_cuda:
+        raise ConfigurationError(
+            'the OpenVINO runtime serves on CPU: set device: cpu, or serve CUDA with ONNX Runtime or TensorRT'
+        )
+    dtype = parse_dtype(options.dtype, Runtime.OPENVINO, device)
+    folder = onnx_model_dir(spec, options.model_path, dtype=DType.FP32)
+    model_input = given or preprocessor(spec, options.model_path)
+    pad_token_id = model_input.pad_token_id if builder.variable_length_text else None
+    return OpenVINOEncoder(
+        folder,
+        dtype=dtype,
+        threads=options.threads,
+        image_size=spec.image_size,
+        pad_token_id=pad_token_id,
+        quantized=int8_graphs(spec.name, folder, model_input) if dtype == DType.INT8 else None,
+    )
+
+
 _RUNTIMES: dict[Runtime, Callable[..., Encoder]] = {
     Runtime.TORCH: _torch,
     Runtime.ONNX: _onnx,
     Runtime.TENSORRT: _tensorrt,
+    Runtime.OPENVINO: _openvino,
 }
 
 
@@ -223,7 +250,7 @@ def export_onnx(
 
     fp16 is converted on a GPU when there is one; int8 quantizes the fp32 graphs.
     """
-    from clip_server.model.runtimes.onnx_graphs import export_towers, quantize_graphs
+    from clip_server.model.runtimes.onnx_graphs import write_graphs, quantize_graphs
 
     dtype = parse_dtype(dtype, Runtime.ONNX)  # an fp16 graph can be made without a GPU, not served
     if dtype == DType.INT8:
@@ -233,7 +260,7 @@ def export_onnx(
     # Real-looking texts of different lengths, so the padding paths are traced too.
     tokens = preprocessor(spec, builder.source_folder(source)).tokenize(['a photo of a cat', ''])
     towers = builder.towers(spec, source, device=device, for_export=True)
-    return export_towers(
+    return write_graphs(
         towers, tokens, spec.image_size, folder, dtype=dtype, external_data=external_data, name=spec.name
     )
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from clip_server.export import onnx
 from clip_server.export.compose import ComposeOptions, export_compose
 from clip_server.export.flow import ExportError
 from clip_server.export.kubernetes import KubernetesOptions, export_kubernetes
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = argparse.ArgumentParser(
         prog='python -m clip_server.export',
-        description='Turn a Flow YAML into deployment files that keep its batching, isolation and gateway.',
+        description='Turn a Flow YAML into deployment files that keep its batching, isolation and gateway, '
+        'or a model into ONNX graphs to serve.',
     )
     targets = parser.add_subparsers(dest='target', required=True)
     k8s = targets.add_parser('kubernetes', help="Kubernetes manifests (jina's exporter plus probes, drain, ...)")
@@ -69,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="GPUs per encoder container (default: 1 for TensorRT, 0 otherwise; an executor's gpus: wins)",
     )
+    onnx.add_parser(targets)
     args = parser.parse_args(argv)
     try:
-        if args.target == 'docker-compose':
+        if args.target == 'onnx':
+            written = [onnx.export(args)]
+        elif args.target == 'docker-compose':
             written = [
                 export_compose(
                     _read_flow(args.flow_yaml), args.output, ComposeOptions(args.image, args.gpus_per_encoder)

@@ -250,7 +250,7 @@ def export_onnx(
 
     fp16 is converted on a GPU when there is one; int8 quantizes the fp32 graphs.
     """
-    from clip_server.model.runtimes.onnx_graphs import export_towers, quantize_graphs
+    from clip_server.model.runtimes.onnx_graphs import quantize_graphs, write_graphs
 
     dtype = parse_dtype(dtype, Runtime.ONNX)  # an fp16 graph can be made without a GPU, not served
     if dtype == DType.INT8:
@@ -260,7 +260,7 @@ def export_onnx(
     # Real-looking texts of different lengths, so the padding paths are traced too.
     tokens = preprocessor(spec, builder.source_folder(source)).tokenize(['a photo of a cat', ''])
     towers = builder.towers(spec, source, device=device, for_export=True)
-    return export_towers(
+    return write_graphs(
         towers, tokens, spec.image_size, folder, dtype=dtype, external_data=external_data, name=spec.name
     )
 

@@ -13,9 +13,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from clip_server.export.__main__ import main
 from clip_server.model import factory
 from clip_server.model.factory import cached_export, export_onnx, onnx_model_dir, preprocessor
-from clip_server.model.onnx_export import main
 from clip_server.model.registry import resolve
 from clip_server.model.runtimes.onnx_runtime import ONNXEncoder
 from clip_server.model.tokens import attention_mask
@@ -224,8 +224,8 @@ def test_a_failed_export_leaves_no_partial_folder(cache, tmp_path):
 
 
 def test_export_cli_writes_a_servable_folder(tiny_weights, tmp_path, capsys):
-    main(['tiny-rn', str(tmp_path / 'out'), '--weights', str(tiny_weights['tiny-rn'])])
-    assert 'tiny-rn exported to' in capsys.readouterr().out
+    assert main(['onnx', 'tiny-rn', str(tmp_path / 'out'), '--weights', str(tiny_weights['tiny-rn'])]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == str(tmp_path / 'out')
     tokens, pixels = inputs('tiny-rn', 2)
     model = ONNXEncoder(tmp_path / 'out', image_size=64)
     assert model.encode_text(tokens).shape == model.encode_image(pixels).shape == (2, 48)

@@ -72,7 +72,7 @@ class _ImageTower(torch.nn.Module):
         return self.visual(pixel_values.to(self.dtype)).float()
 
 
-def export_towers(
+def write_graphs(
     towers: Towers,
     sample_tokens: np.ndarray,
     image_size: int,

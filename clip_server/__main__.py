@@ -14,8 +14,6 @@ import os
 import signal
 import sys
 import traceback
-from importlib.resources import files
-from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import yaml
@@ -25,9 +23,8 @@ from jina.excepts import InternalNetworkError, PortAlreadyUsed, RuntimeFailToSta
 
 from clip_server.flow_config import adjusted_flow_yaml
 from clip_server.internal_auth import ensure_internal_token
+from clip_server.resources import BUNDLED_FLOWS, bundled_flow
 from clip_server.supervision import ServingFailed, release, supervise
-
-BUNDLED_FLOWS = ('torch-flow.yml', 'onnx-flow.yml', 'tensorrt-flow.yml', 'search-flow.yml')
 
 
 class _Fail(Exception):
@@ -36,11 +33,6 @@ class _Fail(Exception):
 
 class _FlowFailed(_Fail):
     """A failure in the Flow's own processes, whose tracebacks JINA_LOG_LEVEL=DEBUG prints."""
-
-
-def bundled_flow(name: str) -> Traversable:
-    """The package's own copy of a bundled Flow YAML, wherever the package is installed."""
-    return files('clip_server') / 'resources' / name
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -20,6 +20,7 @@ from clip_server.executors.parameters import EncoderParameters
 from clip_server.model import factory
 from clip_server.model.factory import EncoderOptions
 from clip_server.model.registry import ModelSpec
+from clip_server.resources import BUNDLED_FLOWS, bundled_flow
 from clip_server.types import Runtime
 
 
@@ -184,8 +185,6 @@ def use_random_weights(flow: dict, spec: ModelSpec, folder: Path) -> None:
 
 
 def read_flow(name: str) -> dict:
-    from clip_server.__main__ import BUNDLED_FLOWS, bundled_flow
-
     source = bundled_flow(name) if name in BUNDLED_FLOWS else Path(name).expanduser()
     try:
         flow = load_flow(source.read_text(encoding='utf-8'))

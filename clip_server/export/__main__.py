@@ -10,11 +10,10 @@ from clip_server.export import onnx
 from clip_server.export.compose import ComposeOptions, export_compose
 from clip_server.export.flow import ExportError
 from clip_server.export.kubernetes import KubernetesOptions, export_kubernetes
+from clip_server.resources import BUNDLED_FLOWS, bundled_flow
 
 
 def _read_flow(source: str) -> str:
-    from clip_server.__main__ import BUNDLED_FLOWS, bundled_flow
-
     path = Path(source)
     if source in BUNDLED_FLOWS and not path.exists():
         return bundled_flow(source).read_text(encoding='utf-8')

@@ -17,7 +17,7 @@ import pytest
 from docarray import Document, DocumentArray
 from jina import Client
 
-from clip_server.__main__ import BUNDLED_FLOWS, bundled_flow
+from clip_server.resources import BUNDLED_FLOWS, bundled_flow
 from helpers import REPO, free_port, server_env
 
 ECHO = Path(__file__).with_name('echo_executor.py')

@@ -31,8 +31,8 @@ import yaml
 from clip_client import Client
 from docarray import Document, DocumentArray
 
-from clip_server.__main__ import BUNDLED_FLOWS, bundled_flow
 from clip_server.internal_auth import INTERNAL_TOKEN_ENV
+from clip_server.resources import BUNDLED_FLOWS, bundled_flow
 from helpers import (
     TESTS,
     encoded,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from clip_server.__main__ import BUNDLED_FLOWS
 from clip_server.model import cache
+from clip_server.resources import BUNDLED_FLOWS
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = REPO / 'Dockerfiles'

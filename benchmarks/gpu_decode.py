@@ -30,7 +30,7 @@ from runtime_throughput import min_cosine  # beside this script
 
 from clip_server.benchmark.inputs import photo_jpeg
 from clip_server.model.factory import preprocessor
-from clip_server.model.registry import resolve
+from clip_server.model.registry import lookup
 
 
 def rate(step: Callable[[], object], items: int, seconds: float, device: torch.device) -> float:
@@ -68,7 +68,7 @@ def main() -> None:
 
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == 'cuda' else torch.float32
-    spec = resolve(args.model)
+    spec = lookup(args.model)
     jpegs = [photo_jpeg(seed) for seed in range(args.batch)]  # 640x480, like a typical photo
     model = open_clip.create_model(spec.arch, pretrained=None).to(device, dtype).eval()
     transform = preprocessor(spec)

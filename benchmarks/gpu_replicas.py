@@ -35,7 +35,7 @@ from clip_server.__main__ import bundled_flow
 from clip_server.benchmark.inputs import photo_jpeg
 from clip_server.benchmark.processes import ServerProcess, free_port
 from clip_server.model.families.openclip import create_open_clip_model
-from clip_server.model.registry import resolve
+from clip_server.model.registry import lookup
 
 MIN_COSINE = 0.99  # fp16 on the GPU against fp32: ViT-B-32 is typically above 0.999
 READY = re.compile(r'(\S+)@\d+.*? ready on (.+?), \d+-d embeddings(?:, CUDA_VISIBLE_DEVICES=(\S+))?')
@@ -82,7 +82,7 @@ def main() -> int:
     parser.add_argument('--visible-devices', default='RR', help="the server's CUDA_VISIBLE_DEVICES (default RR)")
     args = parser.parse_args()
 
-    spec = resolve(args.model)
+    spec = lookup(args.model)
     texts = [f'a photo of thing number {i}' for i in range(64)]
     jpegs = [photo_jpeg(seed) for seed in range(16)]
     print(f'CUDA_VISIBLE_DEVICES={args.visible_devices} for the server, replicas: {args.replicas}, {spec.name}')

@@ -48,7 +48,7 @@ from clip_server.model import parity
 from clip_server.model.encoder import Encoder
 from clip_server.model.factory import EncoderOptions, build_encoder, builder_for, onnx_model_dir, preprocessor
 from clip_server.model.preprocess import Preprocessor
-from clip_server.model.registry import ModelSpec, resolve
+from clip_server.model.registry import ModelSpec, lookup
 from clip_server.model.runtimes.onnx_folder import IMAGE_FILE, IMAGE_INPUT, TEXT_FILE, TEXT_INPUTS, read_text_metadata
 from clip_server.model.tokens import text_inputs
 from clip_server.types import BF16_CPU_FLAGS, CLIP_SCORING, CPU, DType, Runtime, cpu_flags
@@ -223,7 +223,7 @@ def main() -> None:
 
     import onnxruntime
 
-    spec, threads = resolve(args.model), torch.get_num_threads()
+    spec, threads = lookup(args.model), torch.get_num_threads()
     model_input = preprocessor(spec)
     texts = captions(args.batch)
     tokens = model_input.tokenize(texts)

@@ -22,7 +22,7 @@ import torch
 
 from clip_server.model.encoder import Encoder
 from clip_server.model.factory import EncoderOptions, build_encoder, builder_for, preprocessor
-from clip_server.model.registry import ModelSpec, resolve
+from clip_server.model.registry import ModelSpec, lookup
 from clip_server.types import Runtime
 
 CHECKED_ROWS = 8  # rows compared with the fp32 reference
@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument('--seconds', type=float, default=5.0, help='measuring time per cell')
     args = parser.parse_args()
 
-    spec = resolve(args.model)
+    spec = lookup(args.model)
     largest = max(args.batch)
     tokens = preprocessor(spec).tokenize([f'a photo of thing number {i}' for i in range(largest)])
     pixels = np.random.default_rng(0).standard_normal((largest, 3, spec.image_size, spec.image_size), dtype=np.float32)

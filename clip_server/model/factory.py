@@ -113,7 +113,7 @@ def resolve(name: str) -> ModelSpec:
     whose repo's open_clip config is fetched (with the cache and offline rules of every download)
     and registered with open_clip."""
     if not name.startswith(registry.HUB_PREFIX):
-        return registry.resolve(name)
+        return registry.lookup(name)
     repo_id = name[len(registry.HUB_PREFIX) :]
     model_cfg = hub_config(repo_id)['model_cfg']
     spec = registry.hub_spec(repo_id, model_cfg)

@@ -149,7 +149,7 @@ def unregister(name: str) -> None:
 
 
 def known_names() -> list[str]:
-    """Every name `resolve` accepts: the table's, then registered ones, aliases, open_clip's."""
+    """Every name `lookup` finds: the table's, then registered ones, aliases, open_clip's."""
     table = [spec.name for spec in _BY_KEY.values()] + list(ALIASES)
     extra = sorted(f'{arch}::{tag}' for arch, tag in _open_clip_pairs().values())
     return table + [name for name in extra if _key(name) not in _BY_KEY]
@@ -174,9 +174,10 @@ def _from_open_clip(arch: str, tag: str | None) -> ModelSpec:
     return ModelSpec(name, arch, tag, config['embed_dim'], image_size, family)
 
 
-def resolve(name: str) -> ModelSpec:
-    """Look a model name up; unknown names fail with the closest known names. (`hf-hub:` names need
-    their repo's config: `clip_server.model.factory.resolve` fetches it.)"""
+def lookup(name: str) -> ModelSpec:
+    """Look a model name up in the table and open_clip's names; unknown names fail with the closest
+    known names. (`hf-hub:` names need their repo's config, a download: `clip_server.model.factory.resolve`
+    fetches it, and takes every other name here.)"""
     if name.startswith(HUB_PREFIX):
         raise UnknownModelError(f'{name}: an hf-hub name is resolved by clip_server.model.factory.resolve')
     key = _key(name)

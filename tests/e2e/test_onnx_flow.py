@@ -11,7 +11,7 @@ from clip_client import Client
 from docarray import Document, DocumentArray
 
 from clip_server.model.factory import export_onnx
-from clip_server.model.registry import resolve
+from clip_server.model.registry import lookup
 from helpers import (
     Server,
     all_ready,
@@ -43,7 +43,7 @@ def launch(folder, with_params: dict, cache) -> Server:
 def servers(tiny_weights, tmp_path_factory):
     """Both servers, started together so their start-ups overlap."""
     root = tmp_path_factory.mktemp('onnx-flow')
-    exported = export_onnx(resolve('tiny-rn'), tiny_weights['tiny-rn'], root / 'exported-rn')
+    exported = export_onnx(lookup('tiny-rn'), tiny_weights['tiny-rn'], root / 'exported-rn')
     weights = {'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit'])}
     running = {
         'weights': launch(root / 'a', weights, root / 'cache-a'),

@@ -30,7 +30,7 @@ from clip_server.benchmark.report import cpu_name, markdown_table, server_ratios
 from clip_server.executors import clip_onnx, clip_tensorrt, clip_torch
 from clip_server.executors.encoder_base import CLIPEncoderBase
 from clip_server.executors.parameters import EncoderParameters
-from clip_server.model.registry import resolve
+from clip_server.model.registry import lookup
 
 FLOW = textwrap.dedent(
     """\
@@ -188,9 +188,9 @@ def test_cpu_name_comes_from_cpuinfo(tmp_path):
 def test_random_weights_serve_the_architecture_without_a_download(tmp_path, monkeypatch):
     monkeypatch.setenv('CLIP_SERVER_CACHE', str(tmp_path / 'user-cache'))
     flow = load_flow('jtype: Flow\nexecutors:\n  - uses: {jtype: CLIPEncoder, with: {name: tiny-vit}}\n')
-    use_random_weights(flow, resolve('tiny-vit'), tmp_path)
+    use_random_weights(flow, lookup('tiny-vit'), tmp_path)
     weights = executor_config(flow).params['model_path']
     assert torch.load(weights, weights_only=True).keys() == open_clip.create_model('tiny-vit').state_dict().keys()
     assert os.environ['CLIP_SERVER_CACHE'] == str(tmp_path / 'cache')  # its exports do not fill the user's cache
     with pytest.raises(BenchmarkError, match='--random-weights serves open_clip models'):
-        use_random_weights(flow, resolve('M-CLIP/XLM-Roberta-Large-Vit-B-32'), tmp_path)
+        use_random_weights(flow, lookup('M-CLIP/XLM-Roberta-Large-Vit-B-32'), tmp_path)

@@ -20,7 +20,7 @@ from clip_server.executors.content import decodable_on_device
 from clip_server.model.device_pixels import DevicePixels
 from clip_server.model.factory import preprocessor
 from clip_server.model.preprocess import Preprocessor
-from clip_server.model.registry import resolve
+from clip_server.model.registry import lookup
 from clip_server.types import ConfigurationError
 from clip_server.wire import ERROR_TAG
 from helpers import encoded, sample_image
@@ -57,7 +57,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='nvJPEG ne
 @pytest.mark.parametrize('size', [(640, 480), (480, 640), (224, 224), (97, 61), (1000, 300)])
 @pytest.mark.parametrize('mode', ['RGB', 'L'])
 def test_pixels_stay_within_tolerance_of_the_models_own_transform(size, mode, device):
-    transform = preprocessor(resolve('ViT-B-32::openai'))
+    transform = preprocessor(lookup('ViT-B-32::openai'))
     on_device = transform.on_device(device)
     data = photo(size, mode)
     expected = transform.pixels(Image.open(io.BytesIO(data)))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from clip_server.model.registry import ALIASES, MODELS, resolve
+from clip_server.model.registry import ALIASES, MODELS, lookup
 
 DOCS = Path(__file__).resolve().parents[2] / 'docs'
 # a backticked `arch::tag` or `M-CLIP/...` name, or a backticked alias
@@ -24,7 +24,7 @@ def test_docs_mention_model_names():
 
 @pytest.mark.parametrize(('page', 'name'), documented_names())
 def test_documented_name_resolves(page, name):
-    resolve(name)  # raises UnknownModelError for a name the server would refuse
+    lookup(name)  # raises UnknownModelError for a name the server would refuse
 
 
 def test_models_table_matches_the_registry():
@@ -32,7 +32,7 @@ def test_models_table_matches_the_registry():
     documented = {name: (int(dim), int(size)) for name, dim, size in rows}
     assert list(documented) == [spec.name for spec in MODELS], 'the table should list the registry, in order'
     for name, sizes in documented.items():
-        spec = resolve(name)
+        spec = lookup(name)
         assert (spec.dim, spec.image_size) == sizes, name
 
 
@@ -47,7 +47,7 @@ def test_the_families_table_matches_open_clips_configs():
     rows = FAMILY_ROW.findall(section)
     assert len(rows) >= 10
     for name, dim, size, context, score in rows:
-        spec = resolve(name)
+        spec = lookup(name)
         config = open_clip.get_model_config(spec.arch)
         assert (spec.dim, spec.image_size) == (int(dim), int(size)), name
         assert config['text_cfg'].get('context_length', 77) == int(context), name

@@ -8,7 +8,7 @@ import pytest
 from clip_server import types
 from clip_server.model.encoder import Encoder
 from clip_server.model.factory import FAMILIES, EncoderOptions, build_encoder, check_supported, preprocessor
-from clip_server.model.registry import resolve
+from clip_server.model.registry import lookup
 from clip_server.types import (
     CPU,
     ClipServerError,
@@ -34,14 +34,14 @@ def test_mclip_on_tensorrt_is_refused_with_the_runtimes_that_serve_it(tmp_path, 
     with pytest.raises(
         UnsupportedError, match='cannot be served with TensorRT: .* serve it with PyTorch or ONNX Runtime'
     ):
-        check_supported(resolve('M-CLIP/XLM-Roberta-Large-Vit-B-32'), Runtime.TENSORRT)
+        check_supported(lookup('M-CLIP/XLM-Roberta-Large-Vit-B-32'), Runtime.TENSORRT)
     assert not any(tmp_path.iterdir())  # nothing fetched
 
 
 @pytest.mark.parametrize('runtime', [Runtime.TORCH, Runtime.ONNX])
 def test_encoders_share_one_interface(runtime, tiny_weights, tmp_path, monkeypatch):
     monkeypatch.setenv('CLIP_SERVER_CACHE', str(tmp_path))
-    spec = resolve('tiny-vit')
+    spec = lookup('tiny-vit')
     encoder = build_encoder(spec, runtime, EncoderOptions(model_path=tiny_weights['tiny-vit'], threads=1))
     assert isinstance(encoder, Encoder)
     assert encoder.dim == spec.dim and encoder.dtype is parse_dtype('auto', runtime, CPU)

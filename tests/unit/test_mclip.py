@@ -21,7 +21,7 @@ from clip_server.model.families.hf_tokenizer import TOKENIZER_EXTRAS
 from clip_server.model.families.mclip import create_mclip_text_tower, locate_mclip
 from clip_server.model.parity import compare
 from clip_server.model.preprocess import Preprocessor
-from clip_server.model.registry import MODELS, resolve
+from clip_server.model.registry import MODELS, lookup
 from clip_server.model.runtimes.onnx_runtime import ONNXEncoder
 from clip_server.model.tokens import trim_padding
 from clip_server.types import Family, WeightsUnavailableError
@@ -173,13 +173,13 @@ def test_a_local_folder_serves_with_no_hub_at_all(hub, models, tmp_path, monkeyp
 def test_offline_without_the_files_names_the_missing_file(tmp_path, monkeypatch):
     monkeypatch.setenv('CLIP_SERVER_CACHE', str(tmp_path))
     with pytest.raises(WeightsUnavailableError, match=r'M-CLIP/XLM-Roberta-Large-Vit-B-32/config\.json.*offline'):
-        locate_mclip(resolve('M-CLIP/XLM-Roberta-Large-Vit-B-32'))
+        locate_mclip(lookup('M-CLIP/XLM-Roberta-Large-Vit-B-32'))
     with pytest.raises(WeightsUnavailableError, match=r'M-CLIP/LABSE-Vit-L-14/tokenizer\.json'):
-        factory_preprocessor(resolve('M-CLIP/LABSE-Vit-L-14'))
+        factory_preprocessor(lookup('M-CLIP/LABSE-Vit-L-14'))
     with pytest.raises(FileNotFoundError, match='is not a folder'):
-        locate_mclip(resolve('M-CLIP/LABSE-Vit-L-14'), tmp_path / 'nothing')
+        locate_mclip(lookup('M-CLIP/LABSE-Vit-L-14'), tmp_path / 'nothing')
     with pytest.raises(ValueError, match='jit is not supported'):
-        torch_encoder(resolve('M-CLIP/LABSE-Vit-L-14'), None, jit=True)
+        torch_encoder(lookup('M-CLIP/LABSE-Vit-L-14'), None, jit=True)
 
 
 @pytest.mark.parametrize('spec', [s for s in MODELS if s.family == Family.MCLIP], ids=lambda s: s.name)
@@ -239,7 +239,7 @@ def test_an_hf_text_model_runs_on_torch_and_onnx(hf_text_cache, tmp_path):
     (tmp_path / 'configs').mkdir()
     (tmp_path / 'configs' / 'tiny-hf-text.json').write_text(json.dumps(config))
     open_clip.add_model_config(tmp_path / 'configs')
-    spec = resolve('tiny-hf-text')
+    spec = lookup('tiny-hf-text')
     torch.manual_seed(0)
     torch.save(builder_for(spec).create_model(spec, None).state_dict(), tmp_path / 'weights.pt')
     model = torch_encoder(spec, tmp_path / 'weights.pt')

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 from clip_server.export.__main__ import main
 from clip_server.model import factory
 from clip_server.model.factory import cached_export, export_onnx, onnx_model_dir, preprocessor
-from clip_server.model.registry import resolve
+from clip_server.model.registry import lookup
 from clip_server.model.runtimes.onnx_runtime import ONNXEncoder
 from clip_server.model.tokens import attention_mask
 from clip_server.types import ModelFolderError, Runtime, parse_device, parse_dtype
@@ -31,7 +31,7 @@ TOLERANCE = 1e-4
 def exported(tiny_weights, tmp_path_factory):
     """One fp32 export per tiny architecture, shared by the tests that only read it."""
     folder = tmp_path_factory.mktemp('onnx')
-    return {arch: export_onnx(resolve(arch), tiny_weights[arch], folder / arch) for arch in ARCHS}
+    return {arch: export_onnx(lookup(arch), tiny_weights[arch], folder / arch) for arch in ARCHS}
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def inputs(arch: str, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    model_input = preprocessor(resolve(arch))
+    model_input = preprocessor(lookup(arch))
     tokens = model_input.tokenize((TEXTS * batch)[:batch])
     pixels = np.stack([model_input.pixels(sample_image(seed)) for seed in range(batch)])
     return tokens, pixels
@@ -49,7 +49,7 @@ def inputs(arch: str, batch: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize('arch', ARCHS)
 def test_embeddings_equal_the_pytorch_runtime(arch, exported, tiny_weights):
-    spec = resolve(arch)
+    spec = lookup(arch)
     onnx_model = ONNXEncoder(exported[arch], threads=1, image_size=spec.image_size)
     torch_model = torch_encoder(spec, tiny_weights[arch])
     for batch in (1, 4):  # the batch axis is dynamic
@@ -96,7 +96,7 @@ def test_attention_mask_covers_the_text_up_to_its_end_token():
 
 
 def test_large_models_keep_their_weights_in_external_data(exported, tiny_weights, tmp_path):
-    folder = export_onnx(resolve('tiny-vit'), tiny_weights['tiny-vit'], tmp_path, external_data=True)
+    folder = export_onnx(lookup('tiny-vit'), tiny_weights['tiny-vit'], tmp_path, external_data=True)
     assert sorted(path.name for path in folder.iterdir()) == [
         'textual.onnx',
         'textual.onnx.data',
@@ -111,7 +111,7 @@ def test_large_models_keep_their_weights_in_external_data(exported, tiny_weights
 
 
 def test_fp16_export_keeps_the_float32_contract(exported, tiny_weights, tmp_path):
-    folder = export_onnx(resolve('tiny-rn'), tiny_weights['tiny-rn'], tmp_path, dtype='fp16')
+    folder = export_onnx(lookup('tiny-rn'), tiny_weights['tiny-rn'], tmp_path, dtype='fp16')
     visual = onnx.load(str(folder / 'visual.onnx'))
     assert _signature(visual.graph.input)['pixel_values'][0] == TensorProto.FLOAT
     assert _signature(visual.graph.output)['embeddings'][0] == TensorProto.FLOAT
@@ -196,7 +196,7 @@ def test_an_image_size_other_than_the_models_is_refused(folder):
 def test_an_export_is_made_once_and_reused(tiny_weights, cache, tmp_path, monkeypatch):
     exports = []
     monkeypatch.setattr(factory, 'export_onnx', lambda *a, **k: exports.append(a) or export_onnx(*a, **k))
-    spec = resolve('tiny-vit')
+    spec = lookup('tiny-vit')
     first = onnx_model_dir(spec, tiny_weights['tiny-vit'])
     mtime = (first / 'visual.onnx').stat().st_mtime_ns
     assert onnx_model_dir(spec, tiny_weights['tiny-vit']) == first
@@ -210,16 +210,16 @@ def test_an_export_is_made_once_and_reused(tiny_weights, cache, tmp_path, monkey
 def test_a_folder_model_path_is_served_as_is(exported, cache, tmp_path, monkeypatch):
     monkeypatch.setenv('HOME', str(tmp_path))
     shutil.copytree(exported['tiny-vit'], tmp_path / 'custom')
-    assert onnx_model_dir(resolve('tiny-vit'), '~/custom') == tmp_path / 'custom'
+    assert onnx_model_dir(lookup('tiny-vit'), '~/custom') == tmp_path / 'custom'
     with pytest.raises(FileNotFoundError, match="'~/typo' does not exist: it must be a folder with textual.onnx"):
-        onnx_model_dir(resolve('tiny-vit'), '~/typo')
+        onnx_model_dir(lookup('tiny-vit'), '~/typo')
     assert not cache.exists()
 
 
 def test_a_failed_export_leaves_no_partial_folder(cache, tmp_path):
     shutil.copy(REPO / 'setup.py', tmp_path / 'broken.pt')
     with pytest.raises(pickle.UnpicklingError, match='Weights only load failed'):
-        cached_export(resolve('tiny-vit'), tmp_path / 'broken.pt')
+        cached_export(lookup('tiny-vit'), tmp_path / 'broken.pt')
     assert [path.suffix for path in (cache / 'onnx' / 'tiny-vit').iterdir()] == ['.lock']
 
 
@@ -237,11 +237,11 @@ from pathlib import Path
 import tiny_models
 logging.basicConfig(level=logging.INFO)
 from clip_server.model.factory import cached_export
-from clip_server.model.registry import resolve
+from clip_server.model.registry import lookup
 Path(sys.argv[3]).touch()
 while not Path(sys.argv[2]).exists():
     time.sleep(0.01)
-print(cached_export(resolve('tiny-rn'), sys.argv[1]))
+print(cached_export(lookup('tiny-rn'), sys.argv[1]))
 """
 
 

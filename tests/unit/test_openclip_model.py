@@ -3,7 +3,7 @@ import pytest
 
 from clip_server.model.factory import builder_for, preprocessor
 from clip_server.model.families.openclip import quick_gelu_for
-from clip_server.model.registry import resolve
+from clip_server.model.registry import lookup
 from clip_server.model.torch_utils import usable_device
 from clip_server.types import Family, Runtime, parse_dtype
 from helpers import reference_image_embeddings, reference_text_embeddings, sample_image, torch_encoder
@@ -14,7 +14,7 @@ TEXTS = ['a photo of a cat', 'ein Hund im Schnee', '', 'x ' * 200]
 @pytest.mark.parametrize('arch', ['tiny-vit', 'tiny-rn'])
 @pytest.mark.parametrize('jit', [False, True])
 def test_embeddings_equal_open_clip_in_process(arch, jit, tiny_weights, reference):
-    spec = resolve(arch)
+    spec = lookup(arch)
     model = torch_encoder(spec, tiny_weights[arch], jit=jit)
     tokens_and_pixels = preprocessor(spec)
     images = [sample_image(seed) for seed in range(3)]
@@ -29,7 +29,7 @@ def test_embeddings_equal_open_clip_in_process(arch, jit, tiny_weights, referenc
 
 
 def test_bf16_stays_close_and_returns_float32(tiny_weights, reference):
-    spec = resolve('tiny-vit')
+    spec = lookup('tiny-vit')
     model = torch_encoder(spec, tiny_weights['tiny-vit'], dtype='bf16')
     embeddings = model.encode_text(preprocessor(spec).tokenize(TEXTS[:2]))
     assert embeddings.dtype == np.float32
@@ -38,11 +38,11 @@ def test_bf16_stays_close_and_returns_float32(tiny_weights, reference):
 
 
 def test_activation_follows_the_weights():
-    assert quick_gelu_for(resolve('ViT-B-32::openai'))
-    assert quick_gelu_for(resolve('ViT-B-32::laion400m_e32'))
-    assert quick_gelu_for(resolve('RN50::yfcc15m'))
-    assert not quick_gelu_for(resolve('ViT-B-32::laion2b-s34b-b79k'))
-    assert not quick_gelu_for(resolve('tiny-vit'))
+    assert quick_gelu_for(lookup('ViT-B-32::openai'))
+    assert quick_gelu_for(lookup('ViT-B-32::laion400m_e32'))
+    assert quick_gelu_for(lookup('RN50::yfcc15m'))
+    assert not quick_gelu_for(lookup('ViT-B-32::laion2b-s34b-b79k'))
+    assert not quick_gelu_for(lookup('tiny-vit'))
 
 
 def test_bad_runtime_options_are_named():
@@ -56,8 +56,8 @@ def test_bad_runtime_options_are_named():
 
 
 def test_mclip_is_built_by_its_own_family():
-    assert builder_for(resolve('M-CLIP/XLM-Roberta-Large-Vit-B-32')).family is Family.MCLIP
-    assert builder_for(resolve('tiny-vit')).family is Family.OPEN_CLIP
+    assert builder_for(lookup('M-CLIP/XLM-Roberta-Large-Vit-B-32')).family is Family.MCLIP
+    assert builder_for(lookup('tiny-vit')).family is Family.OPEN_CLIP
 
 
 def test_openai_style_torchscript_archive_loads(tiny_weights, reference, tmp_path):
@@ -66,7 +66,7 @@ def test_openai_style_torchscript_archive_loads(tiny_weights, reference, tmp_pat
 
     from clip_server.model.families.openclip import create_open_clip_model, is_torchscript_archive
 
-    spec = resolve('tiny-vit')
+    spec = lookup('tiny-vit')
     scripted = torch.jit.script(create_open_clip_model(spec, tiny_weights['tiny-vit']))
     scripted.input_resolution = 224  # as in OpenAI's archives
     archive = tmp_path / 'ViT-tiny.pt'

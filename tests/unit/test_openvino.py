@@ -7,7 +7,7 @@ import pytest
 
 from clip_server.model.factory import EncoderOptions, build_encoder, export_onnx, preprocessor
 from clip_server.model.parity import compare
-from clip_server.model.registry import resolve
+from clip_server.model.registry import lookup
 from clip_server.types import ConfigurationError, MissingExtraError, Runtime
 from helpers import sample_image, torch_encoder
 
@@ -28,12 +28,12 @@ def cache(tmp_path, monkeypatch):
 
 def openvino(arch: str, weights, dtype: str = 'fp32', **options):
     options = {'dtype': dtype, 'threads': 1, **options}
-    return build_encoder(resolve(arch), Runtime.OPENVINO, EncoderOptions(model_path=weights[arch], **options))
+    return build_encoder(lookup(arch), Runtime.OPENVINO, EncoderOptions(model_path=weights[arch], **options))
 
 
 @pytest.mark.parametrize('arch', ARCHS)
 def test_fp32_embeddings_equal_the_pytorch_runtime(arch, tiny_weights, cache):
-    spec = resolve(arch)
+    spec = lookup(arch)
     model, reference = openvino(arch, tiny_weights), torch_encoder(spec, tiny_weights[arch])
     model_input = preprocessor(spec)
     for batch in (1, 4):  # the batch axis, and the text rows' length, are dynamic
@@ -48,7 +48,7 @@ def test_fp32_embeddings_equal_the_pytorch_runtime(arch, tiny_weights, cache):
 
 
 def test_bf16_keeps_min_cosine_0999(tiny_weights, cache):
-    spec = resolve('tiny-vit')
+    spec = lookup('tiny-vit')
     reference = torch_encoder(spec, tiny_weights['tiny-vit'])
     parity = compare(reference, openvino('tiny-vit', tiny_weights, 'bf16'), preprocessor(spec))
     assert parity.text_min_cosine >= 0.999 and parity.image_min_cosine >= 0.999, parity
@@ -57,7 +57,7 @@ def test_bf16_keeps_min_cosine_0999(tiny_weights, cache):
 
 @pytest.mark.parametrize('arch', ARCHS)
 def test_int8_keeps_what_the_docs_state_and_is_quantized_once(arch, tiny_weights, cache):
-    spec = resolve(arch)
+    spec = lookup(arch)
     model = openvino(arch, tiny_weights, 'int8')
     parity = compare(torch_encoder(spec, tiny_weights[arch]), model, preprocessor(spec))
     assert parity.text_min_cosine >= INT8_MIN_COSINE and parity.image_min_cosine >= INT8_MIN_COSINE, parity
@@ -72,7 +72,7 @@ def test_int8_keeps_what_the_docs_state_and_is_quantized_once(arch, tiny_weights
 
 
 def test_an_exported_folder_is_served_as_is(tiny_weights, tmp_path, cache):
-    spec = resolve('tiny-rn')
+    spec = lookup('tiny-rn')
     folder = export_onnx(spec, tiny_weights['tiny-rn'], tmp_path / 'exported')
     model = build_encoder(spec, Runtime.OPENVINO, EncoderOptions(model_path=folder, dtype='fp32', threads=1))
     pixels = preprocessor(spec).pixels(sample_image(1))[None]
@@ -90,4 +90,4 @@ def test_what_it_cannot_run_is_refused(options, message, tiny_weights):
 def test_without_the_extra_the_error_names_it(tiny_weights, monkeypatch):
     monkeypatch.setitem(sys.modules, 'openvino', None)  # as if not installed
     with pytest.raises(MissingExtraError, match=r'pip install "clip-server\[openvino\]"'):
-        build_encoder(resolve('tiny-vit'), Runtime.OPENVINO, EncoderOptions(model_path=tiny_weights['tiny-vit']))
+        build_encoder(lookup('tiny-vit'), Runtime.OPENVINO, EncoderOptions(model_path=tiny_weights['tiny-vit']))

@@ -7,7 +7,7 @@ import open_clip
 import torch
 
 from clip_server.model.factory import builder_for, export_onnx, preprocessor
-from clip_server.model.registry import resolve
+from clip_server.model.registry import lookup
 from clip_server.model.runtimes.onnx_runtime import ONNXEncoder
 from helpers import sample_image, torch_encoder
 
@@ -16,7 +16,7 @@ TEXTS = ['a photo of a cat', 'word ' * 100]
 
 def check_served_equal_open_clip(arch: str, weights, tmp_path) -> None:
     """Torch and ONNX serving of `arch` against open_clip's encode_text/encode_image (raw)."""
-    spec = resolve(arch)
+    spec = lookup(arch)
     model, _, transform = open_clip.create_model_and_transforms(arch, pretrained=str(weights))
     images = [sample_image(seed) for seed in range(2)]
     with torch.no_grad():
@@ -31,7 +31,7 @@ def check_served_equal_open_clip(arch: str, weights, tmp_path) -> None:
 
 
 def test_mobileclip_is_folded_for_inference_and_equals_open_clip(tiny_weights, tmp_path):
-    spec, weights = resolve('tiny-mobileclip'), tiny_weights['tiny-mobileclip']
+    spec, weights = lookup('tiny-mobileclip'), tiny_weights['tiny-mobileclip']
     towers = builder_for(spec).towers(spec, weights)
     unfolded = open_clip.create_model('tiny-mobileclip').visual
     assert sum(p.numel() for p in towers.image.parameters()) < sum(p.numel() for p in unfolded.parameters())
@@ -39,5 +39,5 @@ def test_mobileclip_is_folded_for_inference_and_equals_open_clip(tiny_weights, t
 
 
 def test_coca_serves_its_contrastive_embeddings(tiny_weights, tmp_path):
-    assert preprocessor(resolve('tiny-coca')).tokenize(['x']).shape == (1, 76)  # CoCa's own context
+    assert preprocessor(lookup('tiny-coca')).tokenize(['x']).shape == (1, 76)  # CoCa's own context
     check_served_equal_open_clip('tiny-coca', tiny_weights['tiny-coca'], tmp_path)

@@ -4,7 +4,7 @@ import pytest
 
 from clip_server.model.factory import EncoderOptions, build_encoder, preprocessor
 from clip_server.model.parity import PROBE_TEXTS, compare, main, probe_images
-from clip_server.model.registry import resolve
+from clip_server.model.registry import lookup
 from clip_server.types import Runtime
 
 # What docs/benchmark.md states for int8 (ONNX Runtime dynamic quantization).
@@ -12,7 +12,7 @@ INT8_MIN_COSINE = 0.99
 
 
 def encoders(arch: str, runtime: Runtime, dtype: str, weights, cache):
-    spec = resolve(arch)
+    spec = lookup(arch)
     built = [
         build_encoder(spec, runtime, EncoderOptions(model_path=weights[arch], dtype=d, threads=1))
         for d in ('fp32', dtype)
@@ -64,7 +64,7 @@ def test_the_command_prints_the_figures(tiny_weights, capsys):
 def test_int8_of_a_graph_with_external_weights_keeps_them_external(tiny_weights, tmp_path):
     from clip_server.model.factory import export_onnx
 
-    spec = resolve('tiny-vit')
+    spec = lookup('tiny-vit')
     folder = export_onnx(spec, tiny_weights['tiny-vit'], tmp_path / 'int8', dtype='int8', external_data=True)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ['textual.onnx', 'textual.onnx.data', 'visual.onnx', 'visual.onnx.data']

@@ -8,7 +8,7 @@ from PIL import Image
 from clip_server.executors.content import ContentLimits, bytes_from_data_uri, image_from_array, image_from_bytes
 from clip_server.model.factory import preprocessor as model_preprocessor
 from clip_server.model.preprocess import Preprocessor
-from clip_server.model.registry import resolve
+from clip_server.model.registry import lookup
 from clip_server.types import ConfigurationError, InvalidInputError
 from helpers import encoded, sample_image
 
@@ -17,7 +17,7 @@ EOT = 49407
 
 @pytest.fixture(scope='module')
 def preprocessor():
-    return model_preprocessor(resolve('ViT-B-32::openai'))
+    return model_preprocessor(lookup('ViT-B-32::openai'))
 
 
 @pytest.fixture(scope='module')
@@ -76,7 +76,7 @@ def test_one_pixel_image(preprocessor):
 
 
 def test_each_model_uses_its_own_image_size():
-    pixels = model_preprocessor(resolve('RN50x4::openai')).pixels(sample_image())
+    pixels = model_preprocessor(lookup('RN50x4::openai')).pixels(sample_image())
     assert pixels.shape == (3, 288, 288)
 
 
@@ -170,7 +170,7 @@ def _decode_outcome(data: bytes) -> str:
 @pytest.mark.parametrize('name', ['RN50x4::openai', 'ViT-L-14-336::openai', 'ViT-B-16-plus-240::laion400m_e31'])
 def test_numpy_normalisation_equals_the_models_own_transform(name):
     """ToTensor and Normalize run in numpy (off torch's threads) with identical results."""
-    spec = resolve(name)
+    spec = lookup(name)
     image = sample_image(seed=4, size=(500, 333))
     expected = open_clip.image_transform(spec.image_size, is_train=False)(image).numpy()
     np.testing.assert_array_equal(model_preprocessor(spec).pixels(image), expected)

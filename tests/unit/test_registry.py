@@ -1,7 +1,7 @@
 import open_clip
 import pytest
 
-from clip_server.model.registry import ALIASES, MODELS, known_names, resolve
+from clip_server.model.registry import ALIASES, MODELS, known_names, lookup
 from clip_server.types import Family, UnknownModelError
 
 # The documented table: every name users may write, with the dimension their vectors have.
@@ -40,7 +40,7 @@ SEED_TABLE = {
 
 @pytest.mark.parametrize('name, dim', SEED_TABLE.items())
 def test_every_documented_name_resolves_with_its_dimension(name, dim):
-    assert resolve(name).dim == dim
+    assert lookup(name).dim == dim
 
 
 @pytest.mark.parametrize('spec', [s for s in MODELS if s.family != Family.MCLIP], ids=lambda s: s.name)
@@ -63,27 +63,27 @@ def test_mclip_image_towers_exist_in_open_clip(spec):
 )
 def test_legacy_aliases(alias, target):
     assert ALIASES[alias] == target
-    assert resolve(alias) == resolve(target) and resolve(alias).name == target
+    assert lookup(alias) == lookup(target) and lookup(alias).name == target
 
 
 def test_tag_spelling_with_dashes_or_underscores():
-    assert resolve('ViT-B-32::laion2b_s34b_b79k') == resolve('ViT-B-32::laion2b-s34b-b79k')
-    assert resolve('ViT-B-32::laion2b-e16').tag == 'laion2b_e16'
+    assert lookup('ViT-B-32::laion2b_s34b_b79k') == lookup('ViT-B-32::laion2b-s34b-b79k')
+    assert lookup('ViT-B-32::laion2b-e16').tag == 'laion2b_e16'
 
 
 def test_other_open_clip_pretrained_names_work():
-    spec = resolve('ViT-B-16::datacomp-xl-s13b-b90k')
+    spec = lookup('ViT-B-16::datacomp-xl-s13b-b90k')
     assert (spec.arch, spec.tag, spec.dim, spec.image_size) == ('ViT-B-16', 'datacomp_xl_s13b_b90k', 512, 224)
 
 
 def test_bare_architecture_resolves_without_tag():
-    spec = resolve('tiny-vit')
+    spec = lookup('tiny-vit')
     assert spec.tag is None and spec.dim == 32
 
 
 def test_unknown_name_lists_closest_names():
     with pytest.raises(UnknownModelError) as error:
-        resolve('ViT-B-32::opnai')
+        lookup('ViT-B-32::opnai')
     assert "'ViT-B-32::opnai'" in str(error.value)
     assert 'ViT-B-32::openai' in str(error.value)
 
@@ -104,30 +104,30 @@ def registered():
     yield spec
     unregister(spec.name)
     with pytest.raises(UnknownModelError):
-        resolve(spec.name)
+        lookup(spec.name)
 
 
 def test_register_makes_a_new_name_servable(registered):
-    assert resolve('My-Finetune::V1') == registered
+    assert lookup('My-Finetune::V1') == registered
     assert registered.name in known_names()
 
 
 def test_registered_names_are_suggested(registered):
     with pytest.raises(UnknownModelError, match='my-finetune::v1'):
-        resolve('my-finetune::v2')
+        lookup('my-finetune::v2')
 
 
 def test_names_are_canonical_whatever_the_spelling():
     """Caches are keyed by the name: `datacomp-xl` and `datacomp_xl` must be one model."""
-    dashes, underscores = resolve('ViT-B-16::datacomp-xl-s13b-b90k'), resolve('vit-b-16::DATACOMP_XL_S13B_B90K')
+    dashes, underscores = lookup('ViT-B-16::datacomp-xl-s13b-b90k'), lookup('vit-b-16::DATACOMP_XL_S13B_B90K')
     assert dashes == underscores and dashes.name == 'ViT-B-16::datacomp_xl_s13b_b90k'
-    assert resolve('TINY-VIT').name == 'tiny-vit'
+    assert lookup('TINY-VIT').name == 'tiny-vit'
 
 
 def test_families_follow_the_text_tower():
-    assert resolve('xlm-roberta-base-ViT-B-32::laion5b-s13b-b90k').family is Family.HF_TEXT
-    assert resolve('roberta-ViT-B-32::laion2b_s12b_b32k').family is Family.HF_TEXT
-    assert resolve('ViT-B-32::openai').family is Family.OPEN_CLIP
+    assert lookup('xlm-roberta-base-ViT-B-32::laion5b-s13b-b90k').family is Family.HF_TEXT
+    assert lookup('roberta-ViT-B-32::laion2b_s12b_b32k').family is Family.HF_TEXT
+    assert lookup('ViT-B-32::openai').family is Family.OPEN_CLIP
     for spec in MODELS:
         if spec.family is not Family.MCLIP:
             has_hf_text = 'hf_model_name' in open_clip.get_model_config(spec.arch)['text_cfg']

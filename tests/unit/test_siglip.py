@@ -8,7 +8,7 @@ import torch
 
 import tiny_hf
 from clip_server.model.factory import export_onnx, preprocessor
-from clip_server.model.registry import resolve
+from clip_server.model.registry import lookup
 from clip_server.model.runtimes.onnx_folder import read_text_metadata
 from clip_server.model.runtimes.onnx_runtime import ONNXEncoder
 from clip_server.types import CLIP_SCORING, Scoring
@@ -27,7 +27,7 @@ def siglip(tiny_weights, tmp_path, monkeypatch):
         'tiny-siglip', pretrained=str(tiny_weights['tiny-siglip'])
     )
     reference_tokenizer = open_clip.tokenizer.HFTokenizer(str(folder), context_length=16, clean='canonicalize')
-    return resolve('tiny-siglip'), tiny_weights['tiny-siglip'], model.eval(), transform, reference_tokenizer
+    return lookup('tiny-siglip'), tiny_weights['tiny-siglip'], model.eval(), transform, reference_tokenizer
 
 
 def test_the_tokenizer_is_the_models_own_at_its_context_length(siglip):
@@ -60,6 +60,6 @@ def test_torch_and_onnx_equal_open_clip(siglip, tmp_path):
 
 
 def test_clip_trained_models_keep_clips_softmax(tiny_weights, tmp_path):
-    spec = resolve('tiny-vit')
+    spec = lookup('tiny-vit')
     onnx = ONNXEncoder(export_onnx(spec, tiny_weights['tiny-vit'], tmp_path / 'onnx'))
     assert torch_encoder(spec, tiny_weights['tiny-vit']).scoring == onnx.scoring == CLIP_SCORING

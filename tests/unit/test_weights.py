@@ -420,13 +420,13 @@ def test_unknown_open_clip_tag_lists_the_known_ones(tmp_path):
 
 
 def test_locate_weights_prefers_the_operators_file(tmp_path):
-    from clip_server.model.registry import resolve
+    from clip_server.model.registry import lookup
     from clip_server.model.weights import locate_weights
 
     weights = tmp_path / 'mine.pt'
     weights.write_bytes(b'weights')
-    assert locate_weights(resolve('ViT-B-32::openai'), str(weights)) == weights
+    assert locate_weights(lookup('ViT-B-32::openai'), str(weights)) == weights
     with pytest.raises(FileNotFoundError, match="model_path '.*missing.pt' is not a file"):
-        locate_weights(resolve('ViT-B-32::openai'), tmp_path / 'missing.pt')
+        locate_weights(lookup('ViT-B-32::openai'), tmp_path / 'missing.pt')
     with pytest.raises(WeightsUnavailableError, match='needs a weights file as `model_path`'):
-        locate_weights(resolve('tiny-vit'))
+        locate_weights(lookup('tiny-vit'))

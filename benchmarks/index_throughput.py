@@ -14,7 +14,8 @@ import time
 
 import numpy as np
 
-from clip_server.search.store import Item, VectorStore
+from clip_server.search.store import Item
+from clip_server.search.vector_store import VectorStore
 
 BATCH = 64  # documents per /index request, as clip_client sends them (its batch_size default is 8-64)
 

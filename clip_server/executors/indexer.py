@@ -14,7 +14,7 @@ Each indexed image also keeps a small JPEG preview (at most `preview_size` pixel
 `/search` returns in a match's `tags['preview']` when asked (`previews: true`): the web page's
 thumbnails (`clip_server.gateway.ui`), without the original's bytes or a path the server would have to read.
 
-The store is embedded and persistent (`clip_server.search.store`): a folder under the cache by
+The store is embedded and persistent (`clip_server.search.vector_store`): a folder under the cache by
 default, or `index_path`. One process writes it: keep this executor at one replica (the encoder
 in front may have many). With `qdrant: {url: ..., collection: ...}` the index is a Qdrant
 collection instead (`clip_server.search.qdrant_store`), which several replicas may share.
@@ -31,7 +31,8 @@ from jina import Executor, requests
 
 from clip_server.executors.documents import Modality, image_of, modality
 from clip_server.model import cache
-from clip_server.search.store import Hit, Item, Store, VectorStore
+from clip_server.search.store import Hit, Item, Store
+from clip_server.search.vector_store import VectorStore
 from clip_server.types import ConfigurationError, InvalidInputError
 from clip_server.wire import (
     COUNT,

@@ -1,6 +1,6 @@
 """The index in a Qdrant vector database, for when one machine is not enough.
 
-The same interface as the embedded `VectorStore` (`clip_server.search.store.Store`), on a Qdrant
+The same interface (`clip_server.search.store.Store`) as the embedded `VectorStore`, on a Qdrant
 collection: Qdrant's own server keeps the vectors, persists them, shards and replicates them, and
 answers from its HNSW index; any number of indexer replicas may then share it. Point ids are
 UUIDs derived from the document ids (Qdrant takes no other strings); the document id travels in

@@ -12,7 +12,8 @@ from clip_server.index.files import Item as FileItem
 from clip_server.index.files import batches, find_files, items_of
 from clip_server.index.progress import Progress, _duration
 from clip_server.search.qdrant_store import QdrantStore
-from clip_server.search.store import Item, Source, VectorStore
+from clip_server.search.store import Item, Source
+from clip_server.search.vector_store import VectorStore
 
 
 def test_folders_give_their_images_and_texts_once_and_bad_paths_are_named(tmp_path):

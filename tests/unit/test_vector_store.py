@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from clip_server.search.qdrant_store import QdrantStore
-from clip_server.search.store import Item, VectorStore
+from clip_server.search.store import Item
+from clip_server.search.vector_store import VectorStore
 from clip_server.types import InvalidInputError
 
 STORES = {
@@ -67,7 +68,8 @@ def test_an_index_refuses_embeddings_of_another_size(kind, tmp_path):
 WRITER = """
 import sys
 import numpy as np
-from clip_server.search.store import Item, VectorStore
+from clip_server.search.store import Item
+from clip_server.search.vector_store import VectorStore
 store = VectorStore(sys.argv[1])
 rng = np.random.default_rng(1)
 batch = 0

@@ -127,6 +127,10 @@ GPU_ONLY_DTYPES = {(Runtime.ONNX, DType.FP16)}
 # Pairs that need a CPU: dynamically quantized graphs use integer kernels that only the CPU provider has.
 CPU_ONLY_DTYPES = {(Runtime.ONNX, DType.INT8)}
 
+# Texts or images an encoder runs through its model at once unless `minibatch_size` says otherwise;
+# so also the largest batch a TensorRT engine is built for.
+MINIBATCH_SIZE = 32
+
 
 @dataclass(frozen=True)
 class Scoring:

@@ -40,6 +40,7 @@ from clip_server.model.preprocess import Preprocessor
 from clip_server.model.registry import DEFAULT_MODEL, ModelSpec
 from clip_server.types import (
     AUTO,
+    MINIBATCH_SIZE,
     ConfigurationError,
     InvalidInputError,
     Runtime,
@@ -86,7 +87,7 @@ class CLIPEncoderBase(Executor):
         self,
         name: str = DEFAULT_MODEL,
         num_worker_preprocess: int = 4,
-        minibatch_size: int = 32,
+        minibatch_size: int = MINIBATCH_SIZE,
         access_paths: str = '@r',
         traversal_paths: str | None = None,
         model_path: str | None = None,

@@ -12,7 +12,7 @@ from typing import Any
 
 from clip_server.model.factory import EncoderOptions
 from clip_server.model.registry import DEFAULT_MODEL
-from clip_server.types import AUTO
+from clip_server.types import AUTO, MINIBATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class EncoderParameters:
 
     name: str = DEFAULT_MODEL
     model_path: str | None = None
-    minibatch_size: int = 32
+    minibatch_size: int = MINIBATCH_SIZE
     device: str | None = None
     dtype: str | None = AUTO
     jit: bool = False

@@ -37,6 +37,7 @@ from clip_server.model.runtimes.onnx_folder import IMAGE_FILE, TEXT_FILE, read_t
 from clip_server.model.torch_utils import default_device, usable_device
 from clip_server.model.weights import fetch_hf_file
 from clip_server.types import (
+    MINIBATCH_SIZE,
     ConfigurationError,
     DType,
     Family,
@@ -79,7 +80,7 @@ class EncoderOptions:
     dtype: str | None = None
     jit: bool = False  # PyTorch: run the towers as TorchScript
     threads: int | None = None  # CPU inference threads
-    max_batch: int = 32  # TensorRT: the largest batch an engine takes
+    max_batch: int = MINIBATCH_SIZE  # TensorRT: the largest batch an engine takes
 
 
 def builder_for(spec: ModelSpec) -> FamilyBuilder:

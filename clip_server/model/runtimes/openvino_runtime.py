@@ -109,7 +109,7 @@ class OpenVINOEncoder:
 
     def _infer(self, tower: int, feed: dict[str, np.ndarray]) -> np.ndarray:
         with self._lock:
-            result = self._requests[tower].infer(feed, share_inputs=True)  # outputs are copied out
+            result = self._requests[tower].infer(feed)  # inputs and outputs are copied
         return np.asarray(result[0], dtype=np.float32)
 
 

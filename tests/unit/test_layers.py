@@ -107,6 +107,14 @@ def test_no_module_is_longer_than_one_job(name):
     assert lines <= MOST_LINES, f'{name} has {lines} lines: split it by job'
 
 
+def test_the_architecture_doc_names_every_folder():
+    """docs/architecture.md is where a newcomer finds where each behaviour lives."""
+    text = (PACKAGE.parent / 'docs' / 'architecture.md').read_text(encoding='utf-8')
+    folders = {path.parent.relative_to(PACKAGE).as_posix() for path in MODULES.values()} - {'.'}
+    missing = [folder for folder in sorted(folders) if f'{folder}/' not in text]
+    assert not missing, f'docs/architecture.md does not mention {missing}'
+
+
 CONTRACT_FILES = {'textual.onnx', 'visual.onnx'}
 
 

@@ -1,18 +1,28 @@
 """The model's own input pipeline: its tokenizer and its image transform.
 
-Pixels come out exactly as the model's own open_clip transform makes them, so a served
-embedding equals the one computed in-process from the same image. Which tokenizer a model
+Pixels come out as the model's own open_clip transform makes them (within one level of 255
+where torch resizes, see `Preprocessor`), so a served embedding matches the one computed
+in-process from the same image. Which tokenizer a model
 uses is its family's business (`clip_server.model.factory.preprocessor` builds one).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision.transforms import InterpolationMode
 
-from clip_server.model.device_pixels import DevicePixels
+from clip_server.model.device_pixels import DevicePixels, resized_center_crop
 from clip_server.model.families.base import Tokenizer
 from clip_server.model.registry import ModelSpec
+
+# What torch's uint8 resize does as Pillow does (within a level): RGB and greyscale images, these filters
+TORCH_MODES = ('RGB', 'L')
+TORCH_INTERPOLATIONS = (InterpolationMode.BICUBIC, InterpolationMode.BILINEAR)
+# How far served pixels may stray from open_clip's transform on a full decode, after normalisation
+# (largest and mean absolute difference): JPEG draft decoding and torch's resize stay within it.
+PIXEL_TOLERANCE = (0.06, 0.004)  # draft decoding alone: up to 0.057 and 0.0037 on generated photos
 
 
 def image_transform(spec: ModelSpec, hub_preprocess: dict | None = None):
@@ -34,10 +44,15 @@ def image_transform(spec: ModelSpec, hub_preprocess: dict | None = None):
 class Preprocessor:
     """Texts into token rows and images into pixels, as the model was trained on them.
 
-    The transform's PIL steps (resize, crop, RGB) run as they are; its last two, ToTensor and
-    Normalize, run in numpy with the same float32 arithmetic (identical pixels). torch would
-    run them on its intra-op threads, which the model's forward pass is using at the same
-    time: the preprocessing workers and the model then fight over the cores.
+    The plain transform (short side resized, bicubic or bilinear, then a square center crop:
+    every pretrained model's) runs on RGB and greyscale images in torch's uint8 resize, 6x faster
+    than Pillow's for a 640x480 photo; its pixels differ from open_clip's by one level of 255 at
+    most (0.015 after normalisation; docs/benchmark.md, "Image decoding and resizing"). Other modes
+    (alpha, palette, CMYK, 16-bit: Pillow resizes them its own way) and other transforms run the
+    transform's PIL steps as they are. ToTensor and Normalize then run in numpy with the same
+    float32 arithmetic (identical pixels). torch would run them on its intra-op threads, which the
+    model's forward pass is using at the same time: the preprocessing workers and the model then
+    fight over the cores (the uint8 resize is single-threaded: it does not).
 
     The resize costs what it outputs: the short side goes to the input size S before the crop,
     so an image R times longer than wide becomes S x R*S pixels first. Client images come
@@ -50,6 +65,8 @@ class Preprocessor:
         self._tokenizer = tokenizer
         self._transform = transform
         self._pil_steps, self._normalization = _split_transform(transform)
+        plain = self.on_device('cpu')
+        self._resize = plain if plain is not None and plain.interpolation in TORCH_INTERPOLATIONS else None
 
     @property
     def pad_token_id(self) -> int | None:
@@ -65,10 +82,16 @@ class Preprocessor:
         """float32 [3, S, S]: RGB, short side resized, center-cropped, normalised."""
         if self._normalization is None:
             return self._transform(image).numpy()
-        for step in self._pil_steps:
-            image = step(image)
+        if self._resize is not None and image.mode in TORCH_MODES:
+            rgb = torch.from_numpy(np.array(image.convert('RGB') if image.mode != 'RGB' else image))
+            crop = resized_center_crop(rgb.permute(2, 0, 1), self._resize.size, self._resize.interpolation)
+            array = crop.permute(1, 2, 0).numpy()  # S x S x 3, as Pillow's crop would be
+        else:
+            for step in self._pil_steps:
+                image = step(image)
+            array = np.asarray(image)
         mean, std = self._normalization
-        return (np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / np.float32(255) - mean) / std
+        return (array.astype(np.float32).transpose(2, 0, 1) / np.float32(255) - mean) / std
 
     def on_device(self, device: str) -> DevicePixels | None:
         """This transform done on `device` for JPEG files (`clip_server.model.device_pixels`), if it

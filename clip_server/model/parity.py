@@ -7,7 +7,9 @@ embedding first among all of its modality (identity), and whether each text's be
 (and each image's best text) stays the same (cross-modal; with random weights the margins
 between images are tiny, so this one is only meaningful for trained models). The test suite checks the bounds on tiny
 models; `python -m clip_server.model.parity NAME --runtime R --dtype D [--weights FILE]`
-prints the figures for a real model (docs/benchmark.md has ViT-B-32's).
+prints the figures for a real model (docs/benchmark.md has ViT-B-32's), and how far the served
+pixels of the probe images stray from the model's own transform (`pixel_parity`: torch resizes
+RGB images, see `clip_server.model.preprocess`).
 """
 
 from __future__ import annotations
@@ -109,6 +111,20 @@ def compare(reference: Encoder, candidate: Encoder, preprocessor: Preprocessor) 
     )
 
 
+def pixel_parity(reference: Encoder, preprocessor: Preprocessor) -> str:
+    """The served pixels of the probe images against the model's own transform's, and their embeddings."""
+    images = probe_images()
+    served = np.stack([preprocessor.pixels(image) for image in images])
+    own = np.stack([preprocessor.transform(image).numpy() for image in images])
+    gap = np.abs(served - own)
+    embedded = (_normalised(reference.encode_image(pixels)) for pixels in (served, own))
+    cosine = float(np.prod(list(embedded), axis=0).sum(1).min())
+    return (
+        f"served pixels against the model's own transform: max {gap.max():.4f}, mean {gap.mean():.5f}; "
+        f'{reference.dtype} image min cosine {cosine:.6f}'
+    )
+
+
 def _finds_itself(candidates: np.ndarray, references: np.ndarray) -> np.ndarray:
     """Whether each candidate's nearest reference is its own (ties count: two probes a tokenizer
     maps to the same ids embed alike)."""
@@ -138,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f'{spec.name} on {runtime.label}, {candidate.dtype} against fp32: {compare(reference, candidate, preprocessor)}'
     )
+    print(f'{spec.name}: {pixel_parity(reference, preprocessor)}')
 
 
 if __name__ == '__main__':

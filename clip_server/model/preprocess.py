@@ -69,6 +69,11 @@ class Preprocessor:
         self._resize = plain if plain is not None and plain.interpolation in TORCH_INTERPOLATIONS else None
 
     @property
+    def transform(self):
+        """The model's own open_clip transform: what the served pixels are checked against."""
+        return self._transform
+
+    @property
     def pad_token_id(self) -> int | None:
         """The padding id of a `transformers` tokenizer that pads with something other than CLIP's 0."""
         return getattr(self._tokenizer, 'pad_token_id', None)

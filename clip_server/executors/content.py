@@ -39,7 +39,7 @@ class ContentLimits:
     checked with the pixel count, before decoding. Cropping before resizing would bound it at any
     ratio, but PIL's resize of a box of the source does not give resize-then-crop's pixels bit for
     bit (its box corners are float32 and its pass order depends on the sizes), and served
-    embeddings must equal open_clip's.
+    pixels must stay within a level of open_clip's (`clip_server.model.preprocess`).
     """
 
     max_image_bytes: int = 32 * 2**20  # 32 MiB of encoded image

@@ -45,11 +45,12 @@ class Preprocessor:
     """Texts into token rows and images into pixels, as the model was trained on them.
 
     The plain transform (short side resized, bicubic or bilinear, then a square center crop:
-    every pretrained model's) runs on RGB and greyscale images in torch's uint8 resize, 6x faster
-    than Pillow's for a 640x480 photo; its pixels differ from open_clip's by one level of 255 at
-    most (0.015 after normalisation; docs/benchmark.md, "Image decoding and resizing"). Other modes
-    (alpha, palette, CMYK, 16-bit: Pillow resizes them its own way) and other transforms run the
-    transform's PIL steps as they are. ToTensor and Normalize then run in numpy with the same
+    every pretrained model's) runs on RGB and greyscale images larger than the input size in
+    torch's uint8 resize, 6x faster than Pillow's for a 640x480 photo; its pixels differ from
+    open_clip's by one level of 255 at most (0.015 after normalisation; docs/benchmark.md, "Image
+    decoding and resizing"). Smaller images (an upscale costs little; their pixels stay open_clip's
+    bit for bit), other modes (alpha, palette, CMYK, 16-bit: Pillow resizes them its own way) and
+    other transforms run the transform's PIL steps as they are. ToTensor and Normalize then run in numpy with the same
     float32 arithmetic (identical pixels). torch would run them on its intra-op threads, which the
     model's forward pass is using at the same time: the preprocessing workers and the model then
     fight over the cores (the uint8 resize is single-threaded: it does not).
@@ -87,7 +88,7 @@ class Preprocessor:
         """float32 [3, S, S]: RGB, short side resized, center-cropped, normalised."""
         if self._normalization is None:
             return self._transform(image).numpy()
-        if self._resize is not None and image.mode in TORCH_MODES:
+        if self._resize is not None and image.mode in TORCH_MODES and min(image.size) > self._resize.size:
             rgb = torch.from_numpy(np.array(image.convert('RGB') if image.mode != 'RGB' else image))
             crop = resized_center_crop(rgb.permute(2, 0, 1), self._resize.size, self._resize.interpolation)
             array = crop.permute(1, 2, 0).numpy()  # S x S x 3, as Pillow's crop would be

@@ -6,11 +6,11 @@ split documents by modality, preprocess in a worker pool while the model runs, e
 minibatches, rank, drop image content, and time each step for monitoring.
 """
 
+import asyncio
 import inspect
 import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,6 +20,7 @@ from jina import Executor, requests
 from PIL import Image
 
 from clip_server.executors.advice import LOCAL_WEIGHTS, advising
+from clip_server.executors.batching import ModelQueue
 from clip_server.executors.content import DEFAULT_LIMITS, ContentLimits, decodable_on_device
 from clip_server.executors.documents import (
     Failure,
@@ -118,6 +119,10 @@ class CLIPEncoderBase(Executor):
         # jina's dynamic batching (`uses_dynamic_batching`) mixes documents of several requests in one call
         self._batched = bool(getattr(self, 'dynamic_batching', None))
         self._pool = ThreadPoolExecutor(num_worker_preprocess, thread_name_prefix='clip-preprocess')
+        # one thread runs the model, fed by the requests in flight (`clip_server.executors.batching`)
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix='clip-model')
+        self._texts = ModelQueue(self._text_rows, minibatch_size, self._model_thread)
+        self._images = ModelQueue(self._image_rows, minibatch_size, self._model_thread)
         for metric, documentation in METRICS.items():  # create once here, not racing in worker threads
             self.monitor(metric, documentation)
 
@@ -172,10 +177,10 @@ class CLIPEncoderBase(Executor):
         return max(1, (os.cpu_count() or 1) // replicas)
 
     @requests(on=RANK)
-    def rank(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
+    async def rank(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
         queries = self._selected(docs, parameters)
         everything = list(queries) + [match for query in queries for match in query.matches]
-        failed = self._embed(everything, skip_empty=False)
+        failed = await self._embed(everything, skip_empty=False)
         unread = {id(doc) for doc, _ in failed}
         for query in queries:
             if id(query) not in unread and not any(id(match) in unread for match in query.matches):
@@ -198,9 +203,11 @@ class CLIPEncoderBase(Executor):
         return docs
 
     @requests
-    def encode(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
+    async def encode(self, docs: DocumentArray, parameters: dict, **kwargs: Any) -> DocumentArray:
+        """Async, so that jina runs the requests in flight together (it runs a plain method one
+        request at a time): their documents share model calls (`clip_server.executors.batching`)."""
         targets = list(self._selected(docs, parameters))
-        failed = self._embed(targets, skip_empty=True, count_tokens=bool(parameters.get(COUNT_TOKENS)))
+        failed = await self._embed(targets, skip_empty=True, count_tokens=bool(parameters.get(COUNT_TOKENS)))
         if parameters.get(DROP_IMAGE_CONTENT, False):
             drop_image_content(targets)
         self._report(failed)
@@ -208,6 +215,7 @@ class CLIPEncoderBase(Executor):
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._model_thread.shutdown(wait=False, cancel_futures=True)
         super().close()
 
     def _selected(self, docs: DocumentArray, parameters: dict) -> DocumentArray:
@@ -219,9 +227,9 @@ class CLIPEncoderBase(Executor):
             raise InvalidInputError(f'access_paths {paths!r:.64} is not a docarray path such as "@r,c"') from exc
 
     def _report(self, failed: list[Failure]) -> None:
-        """Fail the request naming its unreadable documents, or, when jina batches documents of
-        several requests into this call, tag them for `InputErrors` to fail just their requests
-        (an exception here would fail every request in the batch)."""
+        """Fail the request naming its unreadable documents, or, when jina's own dynamic batching
+        (`uses_dynamic_batching`) puts documents of several requests in this call, tag them for
+        `InputErrors` to fail just their requests (an exception here would fail them all)."""
         if not failed:
             return
         if not self._batched:
@@ -229,7 +237,7 @@ class CLIPEncoderBase(Executor):
         for doc, message in failed:
             doc.tags[ERROR_TAG] = message
 
-    def _embed(self, docs: list[Document], skip_empty: bool, count_tokens: bool = False) -> list[Failure]:
+    async def _embed(self, docs: list[Document], skip_empty: bool, count_tokens: bool = False) -> list[Failure]:
         """Embed every readable document; return the others with their reasons."""
         for doc in docs:
             doc.tags.pop(ERROR_TAG, None)  # only this server's verdict counts, not one a client sent
@@ -239,37 +247,66 @@ class CLIPEncoderBase(Executor):
             failed += [(doc, f'document {doc.id} has no text, blob, tensor or data URI to encode') for doc in empty]
         elif empty:
             self.logger.warning(f'{len(empty)} document(s) without content left without embedding, e.g. {empty[0].id}')
-        self._encode_texts(groups[Modality.TEXT], failed, count_tokens)
-        self._encode_images(groups[Modality.IMAGE], failed)
+        await self._encode_texts(groups[Modality.TEXT], failed, count_tokens)
+        await self._encode_images(groups[Modality.IMAGE], failed)
         return failed
 
-    def _encode_texts(self, docs: list[Document], failed: list[Failure], count_tokens: bool) -> None:
-        """Tokenize each minibatch in one call, here: cheaper than a worker per text, and the
-        model's time dwarfs it (2 ms for 32 captions). `count_tokens` tags each text with its
-        token count, start and end tokens included (the OpenAI API's `usage`)."""
-        for batch in minibatches(docs, self.minibatch_size):
-            readable = _readable(batch, [self._attempt(self._read_text, doc) for doc in batch], failed)
-            if readable and self._worth_encoding(failed):
-                with self.monitor('preprocess_texts_seconds'):
-                    tokens = self.preprocessor.tokenize([text for _, text in readable])
+    async def _encode_texts(self, docs: list[Document], failed: list[Failure], count_tokens: bool) -> None:
+        """Read here; tokenized and encoded with the texts of other requests in the same model call.
+        `count_tokens` tags each text with its token count, start and end tokens included (the
+        OpenAI API's `usage`)."""
+        readable = _readable(docs, [self._attempt(self._read_text, doc) for doc in docs], failed)
+        if readable and self._worth_encoding(failed):
+            rows = await self._texts.results([text for _, text in readable])
+            for (doc, _), (embedding, tokens) in zip(readable, rows, strict=True):
+                doc.embedding = embedding
                 if count_tokens:
-                    padding = self.preprocessor.pad_token_id or 0
-                    for (doc, _), row in zip(readable, tokens, strict=True):
-                        doc.tags[TOKENS_TAG] = int((row != padding).sum())
-                self._encode([doc for doc, _ in readable], tokens, self.model.encode_text, 'texts')
+                    doc.tags[TOKENS_TAG] = tokens
 
-    def _encode_images(self, docs: list[Document], failed: list[Failure]) -> None:
+    def _text_rows(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
+        """One model call's texts, tokenized in one call (2 ms for 32 captions): (embedding, tokens) each."""
+        with self.monitor('preprocess_texts_seconds'):
+            tokens = self.preprocessor.tokenize(texts)
+        with self.monitor('encode_texts_seconds'):
+            embeddings = self.model.encode_text(tokens)
+        counts = (tokens != (self.preprocessor.pad_token_id or 0)).sum(axis=1).tolist()
+        return list(zip(embeddings, counts, strict=True))
+
+    async def _encode_images(self, docs: list[Document], failed: list[Failure]) -> None:
         """Decode and transform in the worker pool, one minibatch ahead of the model (with
-        `decode_on_device`, the pool only checks JPEGs, decoded together on the device here)."""
-        for batch, inputs in self._prefetched(minibatches(docs, self.minibatch_size)):
-            readable = _readable(batch, inputs, failed)
+        `decode_on_device`, the pool only checks JPEGs, decoded together on the device)."""
+        loop = asyncio.get_running_loop()
+        in_model: asyncio.Future | None = None
+        for batch in minibatches(docs, self.minibatch_size):
+            prepared = [loop.run_in_executor(self._pool, self._attempt, self._prepare_image, doc) for doc in batch]
+            readable = _readable(batch, list(await asyncio.gather(*prepared)), failed)
+            if in_model is not None:
+                await in_model  # at most one minibatch's pixels wait for the model while the next decodes
+                in_model = None
             if readable and self._worth_encoding(failed):
-                if self.device_pixels is None:
-                    pixels = np.stack([array for _, array in readable])
-                else:
-                    readable, pixels = self._on_device(self.device_pixels, readable, failed)
-                if readable and self._worth_encoding(failed):
-                    self._encode([doc for doc, _ in readable], pixels, self.model.encode_image, 'images')
+                in_model = asyncio.ensure_future(self._embed_images(readable, failed))
+        if in_model is not None:
+            await in_model
+
+    async def _embed_images(self, readable: list[tuple[Document, Any]], failed: list[Failure]) -> None:
+        for (doc, _), result in zip(readable, await self._images.results(readable), strict=True):
+            if isinstance(result, _Unreadable):
+                failed.append((doc, result.reason))
+            else:
+                doc.embedding = result
+
+    def _image_rows(self, readable: list[tuple[Document, Any]]) -> list:
+        """One model call's images: an embedding each, or why the device could not decode it."""
+        lost: list[Failure] = []
+        if self.device_pixels is None:
+            kept, pixels = readable, np.stack([array for _, array in readable])
+        else:
+            kept, pixels = self._on_device(self.device_pixels, readable, lost)
+        with self.monitor('encode_images_seconds'):
+            embeddings: Any = self.model.encode_image(pixels) if kept else []
+        rows: dict[int, Any] = {id(doc): _Unreadable(reason) for doc, reason in lost}
+        rows.update((id(doc), embedding) for (doc, _), embedding in zip(kept, embeddings, strict=True))
+        return [rows[id(doc)] for doc, _ in readable]
 
     def _on_device(
         self, device_pixels: DevicePixels, readable: list[tuple[Document, Any]], failed: list[Failure]
@@ -294,15 +331,10 @@ class CLIPEncoderBase(Executor):
         return True
 
     def _worth_encoding(self, failed: list[Failure]) -> bool:
-        """Unbatched, a failed document fails the whole request: the model need not run for the rest
-        (the documents are still read, so the error counts every unreadable one)."""
+        """A failed document fails its whole request: the model need not run for the rest (the
+        documents are still read, so the error counts every unreadable one). Under jina's dynamic
+        batching the call holds other requests' documents too, so it runs for them."""
         return self._batched or not failed
-
-    def _encode(self, docs: list[Document], inputs: np.ndarray, encode: Callable, kind: str) -> None:
-        with self.monitor(f'encode_{kind}_seconds'):
-            embeddings = encode(inputs)
-        for doc, embedding in zip(docs, embeddings, strict=True):
-            doc.embedding = embedding
 
     def _read_text(self, doc: Document) -> str:
         return text_of(doc, self._limits)
@@ -317,16 +349,6 @@ class CLIPEncoderBase(Executor):
             # large JPEGs decode at a reduced scale that keeps 2x the model's input size
             return self.preprocessor.pixels(image_of(doc, min_side=2 * self.spec.image_size, limits=self._limits))
 
-    def _prefetched(self, batches: Iterable[list[Document]]) -> Iterator[tuple[list[Document], list]]:
-        """Yield each minibatch's pixels while the workers already prepare the next minibatch."""
-        queued: deque[tuple[list[Document], list[Future]]] = deque()
-        for batch in batches:
-            queued.append((batch, [self._pool.submit(self._attempt, self._prepare_image, doc) for doc in batch]))
-            if len(queued) > 1:
-                yield self._collect(*queued.popleft())
-        while queued:
-            yield self._collect(*queued.popleft())
-
     def _attempt(self, prepare: Callable[[Document], Any], doc: Document) -> Any:
         """`prepare(doc)`, or why it failed: one bad document costs only itself."""
         try:
@@ -336,10 +358,6 @@ class CLIPEncoderBase(Executor):
         except Exception as exc:  # a decoder's or transform's own failure is still this document's
             self.logger.warning(f'document {doc.id} could not be preprocessed: {exc!r}')  # details stay here
             return _Unreadable(f'document {doc.id}: cannot be preprocessed')
-
-    @staticmethod
-    def _collect(batch: list[Document], futures: list[Future]) -> tuple[list[Document], list]:
-        return batch, [future.result() for future in futures]
 
 
 @dataclass(frozen=True)

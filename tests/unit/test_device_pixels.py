@@ -5,6 +5,7 @@ checks the transform, the batching, the fallbacks and the failures. The GPU's ow
 docs/benchmark.md ("On a GPU").
 """
 
+import asyncio
 import base64
 import io
 
@@ -123,8 +124,8 @@ def test_served_embeddings_match_pillows_for_every_kind_of_image(encoders, monke
     decode = DevicePixels.__call__
     monkeypatch.setattr(DevicePixels, '__call__', lambda self, jpegs: decoded.extend(jpegs) or decode(self, jpegs))
     by_pillow, by_device = mixed_images(), mixed_images()
-    pillow.encode(by_pillow, {})
-    device.encode(by_device, {})
+    asyncio.run(pillow.encode(by_pillow, {}))
+    asyncio.run(device.encode(by_device, {}))
     assert len(decoded) == 3  # the baseline JPEGs (blob, data URI, grey); the rest took Pillow's path
     assert [doc.id for doc in by_device] == [doc.id for doc in by_pillow]
     for expected, got in zip(by_pillow, by_device, strict=True):
@@ -141,7 +142,7 @@ def test_a_broken_jpeg_fails_alone_and_its_minibatch_is_still_encoded(encoders):
             Document(id='truncated', blob=truncated_jpeg()),
         ]
     )
-    device.encode(docs, {})
+    asyncio.run(device.encode(docs, {}))
     assert docs['good'].embedding is not None and ERROR_TAG not in docs['good'].tags
     assert docs['broken'].embedding is None and docs['truncated'].embedding is None
     size = len(broken_jpeg())

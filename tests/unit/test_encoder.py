@@ -1,5 +1,6 @@
 """The CLIPEncoder's document semantics, called in-process (the served path is in tests/e2e)."""
 
+import asyncio
 import base64
 import io
 from contextlib import closing
@@ -43,7 +44,7 @@ def mixed_docs():
 
 def test_mixed_request_equals_open_clip_and_keeps_ids_and_order(encoder, reference):
     docs, images = mixed_docs()
-    encoder.encode(docs, {})
+    asyncio.run(encoder.encode(docs, {}))
     assert [d.id for d in docs] == ['t0', 'png', 't1', 'jpg', 'uri', 'tensor', 't2']
     texts = reference_text_embeddings(reference('tiny-vit'), ['a dog', 'a cat on a mat', 'word ' * 300])
     pictures = reference_image_embeddings(reference('tiny-vit'), images)
@@ -57,7 +58,7 @@ def test_mixed_request_equals_open_clip_and_keeps_ids_and_order(encoder, referen
 
 def test_drop_image_content(encoder):
     docs, _ = mixed_docs()
-    encoder.encode(docs, {'drop_image_content': True})
+    asyncio.run(encoder.encode(docs, {'drop_image_content': True}))
     assert docs['png'].blob == b'' and docs['tensor'].tensor is None and docs['uri'].uri == ''
     assert docs['t0'].text == 'a dog' and docs['png'].embedding is not None
 
@@ -65,20 +66,20 @@ def test_drop_image_content(encoder):
 def test_json_transported_tensor_is_accepted(encoder):
     pixels = np.asarray(sample_image(5))
     as_uint8, as_int64 = Document(tensor=pixels), Document(tensor=pixels.astype(np.int64))
-    encoder.encode(DocumentArray([as_uint8, as_int64]), {})
+    asyncio.run(encoder.encode(DocumentArray([as_uint8, as_int64]), {}))
     np.testing.assert_array_equal(as_uint8.embedding, as_int64.embedding)
 
 
 def test_access_paths_and_deprecated_traversal_paths(encoder):
     for parameters in ({'access_paths': '@c'}, {'traversal_paths': '@c'}):
         root = Document(chunks=[Document(text='inside')])
-        encoder.encode(DocumentArray([root]), parameters)
+        asyncio.run(encoder.encode(DocumentArray([root]), parameters))
         assert root.embedding is None and root.chunks[0].embedding.shape == (32,)
 
 
 def test_documents_without_content_are_skipped(encoder):
     docs = DocumentArray([Document(id='empty'), Document(id='text', text='hello')])
-    encoder.encode(docs, {})
+    asyncio.run(encoder.encode(docs, {}))
     assert docs['empty'].embedding is None and docs['text'].embedding is not None
 
 
@@ -93,9 +94,9 @@ def test_documents_without_content_are_skipped(encoder):
 )
 def test_bad_input_fails_the_request_clearly_then_next_is_served(encoder, bad, message):
     with pytest.raises(InvalidInputError, match=message):
-        encoder.encode(DocumentArray([Document(text='fine'), bad]), {})
+        asyncio.run(encoder.encode(DocumentArray([Document(text='fine'), bad]), {}))
     follow_up = DocumentArray([Document(text='next request'), Document(blob=encoded(sample_image()))])
-    encoder.encode(follow_up, {})
+    asyncio.run(encoder.encode(follow_up, {}))
     assert all(doc.embedding is not None for doc in follow_up)
 
 
@@ -108,7 +109,7 @@ def test_rank_scores_matches_of_any_modality(encoder):
         Document(id='other', blob=encoded(sample_image(10))),
     ]
     docs = DocumentArray([query])
-    encoder.rank(docs, {'drop_image_content': True})
+    asyncio.run(encoder.rank(docs, {'drop_image_content': True}))
     ranked = docs['q'].matches
     assert ranked[0].id == 'same'
     assert ranked[0].scores['clip_score_cosine'].value == pytest.approx(1.0, abs=1e-5)
@@ -121,7 +122,7 @@ def test_rank_scores_matches_of_any_modality(encoder):
 def test_rank_refuses_documents_without_content(encoder):
     query = Document(text='query', matches=[Document(id='hollow')])
     with pytest.raises(InvalidInputError, match='document hollow has no text'):
-        encoder.rank(DocumentArray([query]), {})
+        asyncio.run(encoder.rank(DocumentArray([query]), {}))
 
 
 def test_bad_parameters_fail_at_start(tiny_weights):
@@ -192,9 +193,9 @@ def test_a_batched_call_tags_bad_documents_and_serves_the_others(batched_encoder
             Document(id='url', uri='https://example.com/cat.jpg'),
         ]
     )
-    assert batched_encoder.encode(docs, {}) is docs  # no exception: other requests share this call
+    assert asyncio.run(batched_encoder.encode(docs, {})) is docs  # no exception: other requests share this call
     expected = DocumentArray([Document(text='a dog'), Document(blob=encoded(sample_image(3)))])
-    encoder.encode(expected, {})
+    asyncio.run(encoder.encode(expected, {}))
     np.testing.assert_allclose(docs['good-text'].embedding, expected[0].embedding, atol=1e-6)
     np.testing.assert_allclose(docs['good-image'].embedding, expected[1].embedding, atol=1e-6)
     assert docs['corrupt'].embedding is None and docs['url'].embedding is None
@@ -211,7 +212,7 @@ def test_input_errors_finds_tags_at_any_depth_even_under_repeated_ids():
 
 def test_a_tag_sent_by_the_client_is_not_taken_for_a_failure(batched_encoder):
     docs = DocumentArray([Document(text='fine', tags={ERROR_TAG: 'forged'})])
-    batched_encoder.encode(docs, {})
+    asyncio.run(batched_encoder.encode(docs, {}))
     assert ERROR_TAG not in docs[0].tags and docs[0].embedding is not None
 
 
@@ -229,14 +230,14 @@ def test_input_errors_fails_only_requests_with_tagged_documents():
 def test_unbatched_requests_name_the_first_bad_document_and_count_the_rest(encoder):
     docs = DocumentArray([Document(id=f'bad{i}', blob=b'junk') for i in range(3)] + [Document(text='fine')])
     with pytest.raises(InvalidInputError, match=r'document bad0: cannot decode .* \(and 2 more documents'):
-        encoder.encode(docs, {})
+        asyncio.run(encoder.encode(docs, {}))
 
 
 def test_a_batched_rank_leaves_a_query_with_a_bad_match_unranked(batched_encoder):
     good = Document(id='q1', text='a cat', matches=[Document(text='cat'), Document(text='dog')])
     bad = Document(id='q2', text='a dog', matches=[Document(id='m-bad', blob=b'junk'), Document(text='dog')])
     docs = DocumentArray([good, bad])
-    batched_encoder.rank(docs, {})
+    asyncio.run(batched_encoder.rank(docs, {}))
     assert all('clip_score' in m.scores for m in docs['q1'].matches)
     assert docs['q2'].matches['m-bad'].tags[ERROR_TAG].startswith('document m-bad: cannot decode image')
     assert not any('clip_score' in m.scores for m in docs['q2'].matches)
@@ -261,7 +262,7 @@ def test_content_limits_are_executor_parameters_and_fail_only_their_document(tin
                 Document(id='small', tensor=np.asarray(sample_image(size=(50, 50)))),
             ]
         )
-        limited.encode(docs, {})
+        asyncio.run(limited.encode(docs, {}))
     assert docs['long'].tags[ERROR_TAG] == 'document long: text has 11 characters, over max_text_chars (10)'
     assert 'document big: image is too large: 60x60 = 3,600 pixels' in docs['big'].tags[ERROR_TAG]
     assert docs['short'].embedding is not None and docs['small'].embedding is not None

@@ -1,0 +1,85 @@
+"""Cross-request batching inside the encoder: the requests in flight share model calls.
+
+A model call starts as soon as the model is free, with every item waiting for it (up to the
+minibatch size): while one call runs, the items of requests arriving meanwhile gather for the
+next. So a lone request never waits for company, and under load the batches fill by themselves.
+
+Why not jina's own dynamic batching (`uses_dynamic_batching`): it waits up to its timeout for a
+fuller batch (10 ms per call when requests are fewer than its batch size), it serves its batches
+one after another with the requests of the next locked out meanwhile, and it fails every request of
+a batch when one call raises, which took a second executor (`InputErrors`) and a network hop per
+request to fail only the request that sent a bad document. Here each request's own coroutine reads
+its documents and raises its own error; only a failure of the model call itself reaches every
+request whose items were in it. docs/benchmark.md ("Where a request's time goes") has the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+Item = TypeVar('Item')
+Result = TypeVar('Result')
+
+
+class ModelQueue(Generic[Item, Result]):
+    """Items of any number of requests, computed `max_batch` at a time on the model's thread.
+
+    `compute` takes a list of items and returns one result per item, in order. The thread is
+    shared by every queue of one model (texts and images), so the model runs one call at a time
+    and the event loop stays free to take requests and send answers while it does.
+    """
+
+    def __init__(
+        self, compute: Callable[[list[Item]], Sequence[Result]], max_batch: int, model_thread: ThreadPoolExecutor
+    ):
+        self._compute = compute
+        self._max_batch = max_batch
+        self._model_thread = model_thread
+        self._waiting: deque[tuple[Item, asyncio.Future]] = deque()
+        self._draining = False
+
+    async def results(self, items: Sequence[Item]) -> list[Result]:
+        """One result per item, once the calls holding them have run."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        self._waiting.extend(zip(items, futures, strict=True))
+        if not self._draining:
+            self._draining = True
+            loop.create_task(self._drain())
+        return list(await asyncio.gather(*futures))
+
+    async def _drain(self) -> None:
+        """Run calls while items wait; the items of a request that left meanwhile are skipped."""
+        loop = asyncio.get_running_loop()
+        try:
+            while batch := self._next_batch():
+                try:
+                    results = await loop.run_in_executor(self._model_thread, self._compute, [i for i, _ in batch])
+                except Exception as exc:  # the model's own failure: every request in this call hears of it
+                    _settle(batch, exc)
+                else:
+                    _settle(batch, results)
+        finally:
+            self._draining = False
+
+    def _next_batch(self) -> list[tuple[Item, asyncio.Future]]:
+        batch: list[tuple[Item, asyncio.Future]] = []
+        while self._waiting and len(batch) < self._max_batch:
+            item, future = self._waiting.popleft()
+            if not future.done():  # cancelled: its client is gone
+                batch.append((item, future))
+        return batch
+
+
+def _settle(batch: Sequence[tuple[object, asyncio.Future]], outcome: Sequence | Exception) -> None:
+    for index, (_, future) in enumerate(batch):
+        if future.done():
+            continue
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome[index])

@@ -89,16 +89,17 @@ def flow_yaml(
     with_params: dict | None = None,
     flow_extra: str = '',
     executor_extra: str = '',
-    batching: tuple[int, int] | None = None,
+    jina_batching: tuple[int, int] | None = None,
 ) -> str:
     """A Flow YAML like the bundled ones, on 127.0.0.1, with the tiny architectures registered.
 
     The encoder runs in fp32 unless `with_params` sets `dtype`, so its embeddings can be
-    compared with open_clip's own fp32 output. `batching` (preferred batch size, timeout in
-    ms) turns on cross-request batching as the bundled Flows do, with `InputErrors` after it.
+    compared with open_clip's own fp32 output. `jina_batching` (preferred batch size, timeout
+    in ms) adds jina's own dynamic batching with `InputErrors` after it, as Flows written for
+    earlier releases did (the encoder batches across requests itself without it).
     """
-    if batching:
-        size, timeout = batching
+    if jina_batching:
+        size, timeout = jina_batching
         executor_extra += (
             f'\n    uses_dynamic_batching:\n      encode: {{preferred_batch_size: {size}, timeout: {timeout}}}'
         )
@@ -120,7 +121,7 @@ executors:
         py_modules:
           - {TESTS / 'tiny_models.py'}
           - {module}
-""" + (_INPUT_ERRORS if batching else '')
+""" + (_INPUT_ERRORS if jina_batching else '')
 
 
 _INPUT_ERRORS = """  - name: input_errors

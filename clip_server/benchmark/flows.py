@@ -88,7 +88,7 @@ def use_local_ports(flow: dict, free_port: Callable[[], int]) -> int:
 
 def ceiling_flow(flow: dict, dim: int) -> dict:
     """The same Flow with a no-op executor in place of the encoder (the executors after it,
-    such as `InputErrors`, kept): the ceiling of the serving stack around the model."""
+    such as an index, kept): the ceiling of the serving stack around the model."""
     noop = {
         'jtype': 'BenchmarkNoopEncoder',
         'with': {'dim': dim},
@@ -109,7 +109,7 @@ class ExecutorConfig:
 
 
 def executor_config(flow: dict) -> ExecutorConfig:
-    """Read the encoder (the Flow's first executor; `InputErrors` may follow it) as jina would:
+    """Read the encoder (the Flow's first executor) as jina would:
     `uses:` with its `with:` and `metas:`, overridden by `uses_with:`."""
     executors = flow.get('executors') or []
     if not executors:

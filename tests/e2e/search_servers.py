@@ -36,7 +36,6 @@ def serve(tiny_weights, folder: Path, index: bool = True, token: str | None = TO
         [grpc, http],
         protocol=['grpc', 'http'],
         with_params={'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit'])},
-        batching=(32, 10),
     )
     if index:
         yaml_text += indexer_executor(folder / 'index')

@@ -1,7 +1,8 @@
 """The edge under attack: requests, documents and images sent as an attacker would, over gRPC,
-HTTP, WebSocket and the OpenAI API, against one server with auth on, batching, `InputErrors` and
-an index. Each bad case is answered with a client error (never a 500, never a traceback), and a
-good request right after it succeeds; cost cases keep the server's memory bounded."""
+HTTP, WebSocket and the OpenAI API, against one server served as the bundled Flows are (the
+encoder batching across requests itself) with auth on and an index. Each bad case is answered
+with a client error (never a 500, never a traceback), and a good request right after it
+succeeds; cost cases keep the server's memory bounded."""
 
 from __future__ import annotations
 
@@ -42,7 +43,6 @@ def server(tiny_weights, tmp_path_factory):
         ports,
         protocol=PROTOCOLS,
         with_params={'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit'])},
-        batching=(16, 5),
     )
     yaml_text += (
         indexer_executor(folder / 'index')
@@ -430,7 +430,7 @@ def _loopback(address: str) -> bool:
 
 def test_executors_listen_on_loopback_and_refuse_callers_without_the_internal_token(server):
     ports = executor_ports(server)
-    assert len(ports) >= 3  # the encoder, InputErrors and the index
+    assert len(ports) >= 2  # the encoder and the index
     assert all(_loopback(address) for address in ports.values()), ports
     for port in ports:
         with grpc.insecure_channel(f'127.0.0.1:{port}') as channel:

@@ -1,6 +1,7 @@
-"""Cross-request batching as the bundled Flows serve it: jina's dynamic batching on the encoder,
-`InputErrors` after it. Requests sent together share model calls, keep their own documents,
-and one client's corrupt image fails that client's request alone."""
+"""Cross-request batching, served two ways: the encoder's own (the bundled Flows) and jina's
+dynamic batching with `InputErrors` after it (Flows written for earlier releases). Either way,
+requests sent together keep their own documents, and one client's corrupt image fails that
+client's request alone."""
 
 import asyncio
 
@@ -20,18 +21,18 @@ from helpers import (
     start_server,
 )
 
-# A wide window, so that requests sent together surely land in one batch.
+# jina's: a wide window, so that requests sent together surely land in one batch.
 BATCH, WAIT_MS = 64, 1500
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope='module')
-def server(tiny_weights, tmp_path_factory):
+@pytest.fixture(scope='module', params=['own', 'jina'])
+def server(request, tiny_weights, tmp_path_factory):
     port = free_port()
     yaml_text = flow_yaml(
         port,
         with_params={'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit']), 'minibatch_size': 4},
-        batching=(BATCH, WAIT_MS),
+        jina_batching=(BATCH, WAIT_MS) if request.param == 'jina' else None,
     )
     running = start_server(tmp_path_factory.mktemp('batching'), yaml_text, port)
     yield running

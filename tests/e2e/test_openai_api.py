@@ -34,7 +34,6 @@ def server(tiny_weights, tmp_path_factory):
         ports,
         protocol=['grpc', 'http'],
         with_params={'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit'])},
-        batching=(32, 10),  # as the bundled Flows: this route's requests join the encoder's batches
     )
     yaml_text += f'gateway:\n  uses_with:\n    auth_tokens: [{TOKEN}]\n    max_docs_per_request: 16\n'
     yaml_text += '    max_request_bytes: 2097152\n'

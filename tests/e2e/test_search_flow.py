@@ -28,9 +28,7 @@ def search_flow(tiny_weights, folder, port: int, indexer_with: str | None = None
     `indexer_with` says)."""
     probe = folder / 'index_probe.py'
     probe.write_text(PROBE)
-    yaml_text = flow_yaml(
-        port, with_params={'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit'])}, batching=(32, 10)
-    )
+    yaml_text = flow_yaml(port, with_params={'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit'])})
     indexer_with = indexer_with or '{index_path: %s}' % (folder / 'index')
     return (
         yaml_text

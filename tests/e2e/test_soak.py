@@ -17,7 +17,6 @@ def server(tiny_weights, tmp_path_factory):
         ports,
         protocol=PROTOCOLS,
         with_params={'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit'])},
-        batching=(32, 10),
     )
     running = start_server(tmp_path_factory.mktemp('soak'), yaml_text, ports[0])
     running.addresses = [f'{protocol}://127.0.0.1:{port}' for protocol, port in zip(PROTOCOLS, ports, strict=True)]

@@ -56,6 +56,33 @@ def test_mixed_request_equals_open_clip_and_keeps_ids_and_order(encoder, referen
     assert docs['png'].blob and docs['tensor'].tensor is not None  # content comes back by default
 
 
+def test_requests_in_flight_share_model_calls_and_fail_alone(tiny_weights, reference):
+    """Without jina's batching the encoder batches itself: two requests sent together are encoded
+    in one model call, each gets its own embeddings, and a bad document fails its request only."""
+    with closing(
+        CLIPEncoder(name='tiny-vit', model_path=str(tiny_weights['tiny-vit']), minibatch_size=8, dtype='fp32')
+    ) as shared:
+        calls = []
+        encode_text = shared.model.encode_text
+        shared.model.encode_text = lambda tokens: calls.append(len(tokens)) or encode_text(tokens)
+        first = DocumentArray([Document(id='a', text='a dog'), Document(id='b', text='a cat')])
+        second = DocumentArray([Document(id='c', text='a bird')])
+        bad = DocumentArray([Document(id='d', text='a fish'), Document(id='corrupt', blob=b'junk')])
+
+        async def together():
+            return await asyncio.gather(
+                shared.encode(first, {}), shared.encode(second, {}), shared.encode(bad, {}), return_exceptions=True
+            )
+
+        outcomes = asyncio.run(together())
+    assert outcomes[0] is first and outcomes[1] is second
+    assert isinstance(outcomes[2], InvalidInputError) and 'document corrupt: cannot decode image' in str(outcomes[2])
+    assert calls == [4]  # one call for the texts of all three (the bad one's image is read after them)
+    expected = reference_text_embeddings(reference('tiny-vit'), ['a dog', 'a cat', 'a bird'])
+    served = np.stack([first['a'].embedding, first['b'].embedding, second['c'].embedding])
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
 def test_drop_image_content(encoder):
     docs, _ = mixed_docs()
     asyncio.run(encoder.encode(docs, {'drop_image_content': True}))

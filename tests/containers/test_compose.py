@@ -1,7 +1,7 @@
-"""The multi-container deployment, for real: `deploy/compose-flow.yml` (the gateway, two PyTorch
-encoder replicas and InputErrors) written as a compose file by `python -m clip_server.export
-docker-compose`, started with the engine's compose tool (`docker compose`, or `podman-compose` next
-to podman), each part in a container of its own on one bridge network.
+"""The multi-container deployment, for real: `deploy/compose-flow.yml` (the gateway and two PyTorch
+encoder replicas) written as a compose file by `python -m clip_server.export docker-compose`,
+started with the engine's compose tool (`docker compose`, or `podman-compose` next to podman), each
+part in a container of its own on one bridge network.
 
 The test changes three things in what the command writes, because of where it runs: the gateway's
 ports (free ones), the image (this session's build) and the cache (the host folder with a seeded

@@ -135,7 +135,6 @@ def cluster(engine, image, host_cache, tmp_path_factory):
     running = Cluster(engine, manifests, {('clip-server-internal-token', 'token'): token}, host_cache())
     try:
         running.encoders = [running.start_pod('clip-t', 0), running.start_pod('clip-t', 1)]
-        running.start_pod('input-errors', 0)
         running.gateway = running.start_pod('gateway', 0)
         probe = running.workload('gateway')['spec']['template']['spec']['containers'][0]['readinessProbe']['httpGet']
         ready = f'http://127.0.0.1:{running.gateway_ports[probe["port"]]}{probe["path"]}'

@@ -153,14 +153,9 @@ def test_every_manifest_of_a_bundled_flow_validates_and_carries_probes_drain_and
         assert workload['spec']['template']['spec']['securityContext']['runAsNonRoot'] is True
         assert workload['spec']['template']['metadata']['annotations']['prometheus.io/port'] == '9090'
     encoder_spec = container(running[encoder])
-    # batching and InputErrors after it, as on one machine
-    assert json.loads(arg(encoder_spec, '--uses-dynamic-batching')) == {
-        'encode': {'preferred_batch_size': 32, 'timeout': 10}
-    }
-    assert 'input_errors' in names and yaml.safe_load(arg(container(running['input-errors']), '--uses'))['jtype'] == (
-        'InputErrors'
-    )
-    assert json.loads(arg(gateway, '--graph-description'))[names[0]] == ['input_errors']
+    # the encoder batches across requests itself: no jina batching, no InputErrors after it
+    assert '--uses-dynamic-batching' not in encoder_spec['args'] and 'input_errors' not in names
+    assert json.loads(arg(gateway, '--graph-description'))[names[0]] == (names[1:2] or ['end-gateway'])
     # the cache on a volume: a claim per encoder pod
     assert running[encoder]['kind'] == 'StatefulSet'
     assert encoder_spec['volumeMounts'] == [{'mountPath': '/home/cas/.cache', 'name': f'{encoder}-volume'}]
@@ -263,7 +258,7 @@ def test_the_committed_compose_file_is_what_the_command_writes(tmp_path):
         'deploy/docker-compose.yml --image clip-server:torch'
     )
     services = yaml.safe_load((deploy / 'docker-compose.yml').read_text())['services']
-    assert sorted(services) == ['clip-t-rep-0', 'clip-t-rep-1', 'gateway', 'input-errors']
+    assert sorted(services) == ['clip-t-rep-0', 'clip-t-rep-1', 'gateway']
     for name, service in services.items():
         assert service['restart'] == 'unless-stopped', name
         assert service['environment'][INTERNAL_TOKEN_ENV].startswith('${CLIP_SERVER_INTERNAL_TOKEN:?'), name
@@ -276,7 +271,7 @@ def test_the_committed_compose_file_is_what_the_command_writes(tmp_path):
     for replica in ('clip-t-rep-0', 'clip-t-rep-1'):
         assert services[replica]['volumes'] == ['clip-cache:/home/cas/.cache']  # one cache, shared
         assert yaml.safe_load(arg(services[replica], '--uses'))['jtype'] == 'CLIPEncoder'
-        assert json.loads(arg(services[replica], '--uses-dynamic-batching'))['encode']['preferred_batch_size'] == 32
+        assert '--uses-dynamic-batching' not in services[replica]['command']  # it batches by itself
     assert 'ports' not in services['clip-t-rep-0']  # executors are reached on the network only
 
 
@@ -353,8 +348,9 @@ INTERNAL_TOKEN, CLIENT_TOKEN = 'internal-test-token', 'client-test-token'
 
 @pytest.fixture(scope='module')
 def pods(tiny_weights, tmp_path_factory):
-    """A bundled-style Flow (tiny encoder with batching, InputErrors after it) with auth, exported,
-    and its three pods' commands running."""
+    """A Flow in the bundled style (the tiny encoder, which batches across requests itself) with
+    auth, then an executor that holds a request for its `delay` parameter (so that one can be caught
+    in flight), exported, and its three pods' commands running."""
     workdir = tmp_path_factory.mktemp('pods')
     flow = {
         'jtype': 'Flow',
@@ -365,7 +361,6 @@ def pods(tiny_weights, tmp_path_factory):
             {
                 'name': 'clip_t',
                 'timeout_ready': 120000,
-                'uses_dynamic_batching': {'encode': {'preferred_batch_size': 16, 'timeout': 500}},
                 'uses': {
                     'jtype': 'CLIPEncoder',
                     'with': {'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit']), 'dtype': 'fp32'},
@@ -373,8 +368,8 @@ def pods(tiny_weights, tmp_path_factory):
                 },
             },
             {
-                'name': 'input_errors',
-                'uses': {'jtype': 'InputErrors', 'metas': {'py_modules': ['clip_server.executors.input_errors']}},
+                'name': 'hold',
+                'uses': {'jtype': 'Echo', 'metas': {'py_modules': [str(Path(__file__).with_name('echo_executor.py'))]}},
             },
         ],
     }
@@ -387,7 +382,7 @@ def pods(tiny_weights, tmp_path_factory):
     running = Pods(manifests, workdir, secrets)
     running.manifests = manifests
     try:
-        for name in ('clip-t', 'input-errors', 'gateway'):
+        for name in ('clip-t', 'hold', 'gateway'):
             running.start(name)
         probe = container(workloads(manifests)['gateway'])['readinessProbe']['httpGet']
         ready = f'http://127.0.0.1:{running.ports["gateway"][probe["port"]]}{probe["path"]}'
@@ -453,7 +448,7 @@ def test_the_probes_answer_where_the_manifests_look(pods):
         assert answer.status_code == 200, (probe, answer.text)
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    for name in ('clip-t', 'input-errors'):  # the kubelet's gRPC probe: the health service, service ""
+    for name in ('clip-t', 'hold'):  # the kubelet's gRPC probe: the health service, service ""
         port = container(running[name])['readinessProbe']['grpc']['port']
         with grpc.insecure_channel(f'127.0.0.1:{pods.ports[name][port]}') as channel:
             status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=''), timeout=5)
@@ -475,8 +470,7 @@ def pending(pods) -> float:
 
 
 class InFlight(threading.Thread):
-    """One request that waits in the encoder's batch queue (fewer documents than a batch: it goes
-    when the 500 ms window ends), seen pending at the gateway."""
+    """One request that the `hold` executor keeps for 2 s, seen pending at the gateway."""
 
     def __init__(self, pods):
         super().__init__()
@@ -484,7 +478,7 @@ class InFlight(threading.Thread):
 
     def run(self):
         try:
-            self.result = gateway_client(self.pods).encode(['held in the batch window'])
+            self.result = gateway_client(self.pods).encode(['held a while'], parameters={'delay': 2})
         except Exception as error:  # reported by the test that joins it
             self.result = error
 

@@ -1,11 +1,16 @@
 """InputErrors: fails each request whose documents the encoder could not read, naming them.
 
-With cross-request batching (jina's `uses_dynamic_batching` on the encoder), one call of the
-encoder holds documents of several requests, and jina fails every one of them when the call
-raises. So a batched encoder does not raise for a corrupt image: it tags the document with
-the reason and serves the rest. This executor comes next in the Flow, is called once per
-request, and turns the tags into that request's own error. Add it after a batched encoder:
-`py_modules: [clip_server.executors.input_errors]`, `jtype: InputErrors`.
+Only for Flows that put jina's own dynamic batching (`uses_dynamic_batching`) on the encoder, as
+Flows written for earlier releases did. The encoder batches across requests by itself (the bundled
+Flows have neither this executor nor jina's batching), and then a request with an unreadable
+document fails alone, with no executor after it.
+
+Under jina's batching, one call of the encoder holds documents of several requests, and jina fails
+every one of them when the call raises. So the encoder then does not raise for a corrupt image: it
+tags the document with the reason and serves the rest. This executor comes next in the Flow, is
+called once per request, and turns the tags into that request's own error. Keep it after an
+encoder with `uses_dynamic_batching`: `py_modules: [clip_server.executors.input_errors]`,
+`jtype: InputErrors`.
 """
 
 from collections import deque

@@ -9,9 +9,10 @@ process importing jina, every 5 s), gives no resources, and cannot name a gatewa
 This command writes the Flow for that exporter (every executor and the gateway from IMAGE) and then
 adds what it lacks:
 
-- Each executor runs its own `uses:` from the YAML (the encoder with its `with:`, `InputErrors`, an
-  indexer), passed inline to `jina executor --uses`, so a bundled Flow keeps its cross-request
-  batching and the per-document isolation of `InputErrors` after it.
+- Each executor runs its own `uses:` from the YAML (the encoder with its `with:`, an indexer),
+  passed inline to `jina executor --uses`, so each encoder pod batches the requests it holds and
+  fails a request with an unreadable document alone, as on one machine. A Flow written for earlier
+  releases, with jina's `uses_dynamic_batching` on the encoder and `InputErrors` after it, keeps both.
 - The gateway is clip_server's (`clip_server.gateway`): auth, limits, probes, drain and the
   `clip_server_pending_requests` gauge. HTTP is added to its protocols where the YAML has none, for
   the kubelet's probes on `/health/ready` (readiness) and `/health/live` (liveness).

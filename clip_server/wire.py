@@ -26,7 +26,7 @@ LIMIT = 'limit'  # `/search`: matches per query; `/sources`: entries per page
 CURSOR = 'cursor'  # `/sources`: where the next page starts
 
 # --- document tags ---
-ERROR_TAG = 'clip_server_error'  # a document's failure, for `InputErrors` under cross-request batching
+ERROR_TAG = 'clip_server_error'  # a document's failure, for `InputErrors` under jina's dynamic batching
 TOKENS_TAG = 'clip_server_tokens'  # how many tokens a text became (after cutting to the context)
 PREVIEW_TAG = 'preview'  # a match's preview, as a data URI
 SOURCE_TAG = 'source'  # the file a document was indexed from

@@ -73,6 +73,8 @@ setup(
         'test': [
             # the client users have; its HTTP path needs the jina pinned above
             'clip_client==0.8.3',
+            # `python -m clip_server.benchmark --save`'s PNG (the object API and the Agg backend, stable across 3.x)
+            'matplotlib>=3.8,<4',
             # the real SDK for the OpenAI API's tests; pinned so that what CI checks changes only on purpose
             'openai==3.57.0',
             # the Qdrant index backend, tested in its local mode (no server needed)

@@ -81,6 +81,11 @@ def photo_jpeg(seed: int, width: int = 640, height: int = 480) -> bytes:
     return buffer.getvalue()
 
 
+def slices(items: Sequence, size: int) -> list[list]:
+    """Consecutive slices of `size`; a shorter rest is left out, so every batch has `size` items."""
+    return [list(items[i : i + size]) for i in range(0, len(items) - size + 1, size)]
+
+
 def batches(items: Sequence, size: int) -> Iterator[list]:
     """Consecutive slices of `size`, round and round, so successive requests differ."""
-    return itertools.cycle([list(items[i : i + size]) for i in range(0, len(items) - size + 1, size)])
+    return itertools.cycle(slices(items, size))

@@ -1,4 +1,5 @@
-"""The measurements: items/s and latencies of a served Flow, the same model in-process, and open_clip."""
+"""The measurements: items/s and latencies of a served Flow, the same model in-process (with and without
+preparing its inputs), and open_clip."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from PIL import Image
 
 from clip_server.benchmark import BATCH, IN_FLIGHT
 from clip_server.benchmark.flows import use_local_ports
-from clip_server.benchmark.inputs import batches
+from clip_server.benchmark.inputs import batches, slices
 from clip_server.benchmark.processes import ServerProcess, free_port
 from clip_server.model import factory
 from clip_server.model.factory import EncoderOptions
@@ -83,16 +84,26 @@ def _image_docs(jpegs: Sequence[bytes]) -> Any:
     return DocumentArray(Document(blob=jpeg, mime_type='image/jpeg') for jpeg in jpegs)
 
 
-def client_rows(client: Any, label: str, texts: Sequence[str], jpegs: Sequence[bytes], seconds: float) -> list[Row]:
-    """The two loads: one client sending requests of BATCH, and IN_FLIGHT single-item requests."""
-    text_batches, jpeg_batches = batches(texts, BATCH), batches(jpegs, BATCH)
-    single_texts, single_jpegs = itertools.cycle(texts), itertools.cycle(jpegs)
+AsyncLoad = Callable[[], Awaitable[int]]
 
-    def encode(content: Any) -> int:
-        return len(client.encode(content, batch_size=BATCH, show_progress=False))
+
+def _single_item_loads(client: Any, texts: Sequence[str], jpegs: Sequence[bytes]) -> tuple[AsyncLoad, AsyncLoad]:
+    """`aencode` of one text, and of one image, per request, going round the inputs."""
+    single_texts, single_jpegs = itertools.cycle(texts), itertools.cycle(jpegs)
 
     async def aencode(content: Any) -> int:
         return len(await client.aencode(content, show_progress=False))
+
+    return lambda: aencode([next(single_texts)]), lambda: aencode(_image_docs([next(single_jpegs)]))
+
+
+def client_rows(client: Any, label: str, texts: Sequence[str], jpegs: Sequence[bytes], seconds: float) -> list[Row]:
+    """The two loads: one client sending requests of BATCH, and IN_FLIGHT single-item requests."""
+    text_batches, jpeg_batches = batches(texts, BATCH), batches(jpegs, BATCH)
+    single_text, single_image = _single_item_loads(client, texts, jpegs)
+
+    def encode(content: Any) -> int:
+        return len(client.encode(content, batch_size=BATCH, show_progress=False))
 
     return [
         Row(
@@ -102,9 +113,29 @@ def client_rows(client: Any, label: str, texts: Sequence[str], jpegs: Sequence[b
         ),
         Row(
             f'{label}, {IN_FLIGHT} single-item requests in flight',
-            timed_in_flight(lambda: aencode([next(single_texts)]), seconds),
-            timed_in_flight(lambda: aencode(_image_docs([next(single_jpegs)])), seconds),
+            timed_in_flight(single_text, seconds),
+            timed_in_flight(single_image, seconds),
         ),
+    ]
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One point of the --save plot: single-item requests kept in flight, and the rates served."""
+
+    in_flight: int
+    texts: Rate
+    images: Rate
+
+
+def in_flight_curve(
+    client: Any, texts: Sequence[str], jpegs: Sequence[bytes], seconds: float, levels: Sequence[int]
+) -> list[CurvePoint]:
+    """The single-item load at each number of requests in flight: where serving stops gaining."""
+    single_text, single_image = _single_item_loads(client, texts, jpegs)
+    return [
+        CurvePoint(level, timed_in_flight(single_text, seconds, level), timed_in_flight(single_image, seconds, level))
+        for level in levels
     ]
 
 
@@ -114,12 +145,19 @@ class ServerResult:
     cold_start_s: float
     peak_rss: tuple[int, int] | None = None
     ready_line: str | None = None
+    curve: tuple[CurvePoint, ...] = ()
 
 
 def measure_server(
-    flow: dict, folder: Path, name: str, texts: Sequence[str], jpegs: Sequence[bytes], seconds: float
+    flow: dict,
+    folder: Path,
+    name: str,
+    texts: Sequence[str],
+    jpegs: Sequence[bytes],
+    seconds: float,
+    curve_levels: Sequence[int] = (),
 ) -> ServerResult:
-    """Start the Flow, wait for its first encode, run both loads, and stop it."""
+    """Start the Flow, wait for its first encode, run both loads (and the curve at `curve_levels`), and stop it."""
     client_module = require('clip_client', 'test')
     flow = {**flow, 'with': dict(flow.get('with') or {})}
     port = use_local_ports(flow, free_port)
@@ -127,43 +165,70 @@ def measure_server(
         client = client_module.Client(f'grpc://127.0.0.1:{port}')
         cold = server.cold_start(lambda: client.encode(texts[:1], show_progress=False))
         rows = client_rows(client, name, texts, jpegs, seconds)
-        return ServerResult(rows, cold, server.peak_rss(), server.ready_line())
+        curve = tuple(in_flight_curve(client, texts, jpegs, seconds, curve_levels))
+        return ServerResult(rows, cold, server.peak_rss(), server.ready_line(), curve)
 
 
-def in_process_row(
+def _in_minibatches(encode: Callable[[Any], object], size: int) -> Callable[[Any], int]:
+    """`encode` on slices of `size` (the executor's minibatch_size) of a batch; returns the batch's length."""
+
+    def call(batch: Any) -> int:
+        for start in range(0, len(batch), size):
+            encode(batch[start : start + size])
+        return len(batch)
+
+    return call
+
+
+@dataclass(frozen=True)
+class EncoderRows:
+    """The Flow's model without a server: with its inputs prepared per batch, and fed prepared ones."""
+
+    in_process: Row  # tokenizing, image decoding and preprocessing included: an executor's work without serving
+    model_only: Row  # token rows and pixels made beforehand: the most this machine gets from the model
+    description: str  # the runtime, device and dtype, as the executor logs them
+
+
+def encoder_rows(
     spec: ModelSpec,
     runtime: Runtime,
     options: EncoderOptions,
     texts: Sequence[str],
     jpegs: Sequence[bytes],
     seconds: float,
-) -> tuple[Row, str]:
-    """The Flow's model built as its executor builds it, with preprocessing, in batches of BATCH."""
+) -> EncoderRows:
+    """The Flow's model built once as its executor builds it, measured in batches of BATCH both ways.
+
+    The model-only row feeds the token rows of the same texts (so the same token lengths) and the
+    pixels of the same images, made before timing starts.
+    """
     from clip_server.executors.content import image_from_bytes
 
     model_input = factory.preprocessor(spec, options.model_path)
     encoder = factory.build_encoder(spec, runtime, options, model_input)
-    size = options.max_batch  # the executor's minibatch_size
+    encode_texts = _in_minibatches(encoder.encode_text, options.max_batch)
+    encode_images = _in_minibatches(encoder.encode_image, options.max_batch)
 
-    def encode_texts(batch: list[str]) -> int:
-        for start in range(0, len(batch), size):
-            encoder.encode_text(model_input.tokenize(batch[start : start + size]))
-        return len(batch)
-
-    def encode_images(batch: list[bytes]) -> int:
-        for start in range(0, len(batch), size):
-            jpegs = batch[start : start + size]
-            pixels = [model_input.pixels(image_from_bytes(jpeg, min_side=2 * spec.image_size)) for jpeg in jpegs]
-            encoder.encode_image(np.stack(pixels))
-        return len(batch)
+    def pixels(batch: list[bytes]) -> np.ndarray:
+        return np.stack([model_input.pixels(image_from_bytes(jpeg, min_side=2 * spec.image_size)) for jpeg in batch])
 
     text_batches, jpeg_batches = batches(texts, BATCH), batches(jpegs, BATCH)
-    row = Row(
-        f'in-process {runtime.label} {encoder.dtype}, batch {BATCH}',
-        timed(lambda: encode_texts(next(text_batches)), seconds),
-        timed(lambda: encode_images(next(jpeg_batches)), seconds),
+    token_rows = itertools.cycle([model_input.tokenize(batch) for batch in slices(texts, BATCH)])
+    pixel_batches = itertools.cycle([pixels(batch) for batch in slices(jpegs, BATCH)])
+    model = f'{runtime.label} {encoder.dtype}, batch {BATCH}'
+    return EncoderRows(
+        Row(
+            f'in-process: {model}, tokenizing and image decoding included',
+            timed(lambda: encode_texts(model_input.tokenize(next(text_batches))), seconds),
+            timed(lambda: encode_images(pixels(next(jpeg_batches))), seconds),
+        ),
+        Row(
+            f'model only: {model}, tokens and pixels prepared beforehand',
+            timed(lambda: encode_texts(next(token_rows)), seconds),
+            timed(lambda: encode_images(next(pixel_batches)), seconds),
+        ),
+        f'{runtime.label}, {encoder.description}',
     )
-    return row, f'{runtime.label}, {encoder.description}'
 
 
 def yardstick_row(

@@ -1,4 +1,4 @@
-"""The benchmark's report: the markdown table, the ratios, and the machine it ran on."""
+"""The benchmark's report: the markdown tables, the ratios, and the machine it ran on."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from clip_server.benchmark.measure import Rate, Row, ServerResult
+from clip_server.benchmark.measure import CurvePoint, Rate, Row, ServerResult
 
 HEADER = (
     'what',
@@ -32,9 +32,13 @@ def _latency(rate: Rate | None) -> str:
     return '{:.1f} / {:.1f}'.format(*rate.percentiles()) if rate and rate.latencies_ms else '–'
 
 
+def _markdown(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    return '\n'.join(f'| {" | ".join(cells)} |' for cells in [header, ('---',) * len(header), *lines])
+
+
 def markdown_table(rows: Sequence[Row], yardstick: Row | None) -> str:
     """One line per row; the ratio columns are empty without a yardstick."""
-    lines = [HEADER, ('---',) * len(HEADER)]
+    lines = []
     for row in rows:
         texts_base, images_base = (yardstick.texts, yardstick.images) if yardstick else (None, None)
         lines.append(
@@ -48,16 +52,32 @@ def markdown_table(rows: Sequence[Row], yardstick: Row | None) -> str:
                 _latency(row.images),
             )
         )
-    return '\n'.join(f'| {" | ".join(cells)} |' for cells in lines)
+    return _markdown(HEADER, lines)
 
 
-def server_ratios(server_rows: Sequence[Row], in_process: Row) -> list[str]:
-    """How much of the in-process rate each server load keeps."""
+def server_ratios(server_rows: Sequence[Row], base: Row, base_name: str) -> list[str]:
+    """How much of `base`'s rate (in-process, or model-only) each server load keeps."""
     return [
-        f'server / in-process, {row.what}: texts {ratio(row.texts, in_process.texts)}, '
-        f'images {ratio(row.images, in_process.images)}'
+        f'server / {base_name}, {row.what}: texts {ratio(row.texts, base.texts)}, '
+        f'images {ratio(row.images, base.images)}'
         for row in server_rows
     ]
+
+
+def curve_table(curve: Sequence[CurvePoint]) -> str:
+    """The --save plot's points, so the saved markdown holds its numbers too."""
+    header = ('single-item requests in flight', 'texts/s', 'images/s', 'text p50/p99 ms', 'image p50/p99 ms')
+    lines = [
+        (
+            str(point.in_flight),
+            _per_second(point.texts),
+            _per_second(point.images),
+            _latency(point.texts),
+            _latency(point.images),
+        )
+        for point in curve
+    ]
+    return _markdown(header, lines)
 
 
 def cpu_name(cpuinfo: Path = Path('/proc/cpuinfo')) -> str:

@@ -1,10 +1,13 @@
-"""The benchmark's pure helpers: reading and rewriting a Flow YAML, and the report (no server is started)."""
+"""The benchmark's helpers: reading and rewriting a Flow YAML, the in-process rows on a tiny model, the
+in-flight curve on a stand-in client, and the report and its saved files (no server is started)."""
 
+import asyncio
 import dataclasses
 import inspect
 import io
 import itertools
 import os
+import sys
 import textwrap
 
 import open_clip
@@ -13,7 +16,8 @@ import torch
 import yaml
 from PIL import Image
 
-from clip_server.benchmark import BenchmarkError
+from clip_server.benchmark import BATCH, BenchmarkError
+from clip_server.benchmark.__main__ import main
 from clip_server.benchmark.flows import (
     absolute_py_modules,
     ceiling_flow,
@@ -24,13 +28,16 @@ from clip_server.benchmark.flows import (
     use_random_weights,
 )
 from clip_server.benchmark.inputs import batches, captions, photo_jpeg
-from clip_server.benchmark.measure import Rate, Row
+from clip_server.benchmark.measure import CurvePoint, Rate, Row, encoder_rows, in_flight_curve
 from clip_server.benchmark.processes import session_pids
-from clip_server.benchmark.report import cpu_name, markdown_table, server_ratios
+from clip_server.benchmark.report import cpu_name, curve_table, markdown_table, server_ratios
+from clip_server.benchmark.save import DPI, FIGURE_INCHES, save
 from clip_server.executors import clip_onnx, clip_tensorrt, clip_torch
 from clip_server.executors.encoder_base import CLIPEncoderBase
 from clip_server.executors.parameters import EncoderParameters
+from clip_server.model.factory import EncoderOptions
 from clip_server.model.registry import lookup
+from clip_server.types import Runtime
 
 FLOW = textwrap.dedent(
     """\
@@ -169,7 +176,77 @@ def test_the_table_has_a_line_per_row_and_ratios_to_the_yardstick():
     assert lines[2] == '| server | 80.0 | – | 0.80 | – | 50.5 / 99.0 | – |'
     assert lines[3] == '| yardstick | 100.0 | 50.0 | 1.00 | 1.00 | 10.0 / 10.0 | 20.0 / 20.0 |'
     assert '| – | – |' in markdown_table([server], None)
-    assert server_ratios([server], yardstick) == ['server / in-process, server: texts 0.80, images –']
+    assert server_ratios([server], yardstick, 'model-only') == ['server / model-only, server: texts 0.80, images –']
+
+
+def rate(per_second: float) -> Rate:
+    return Rate(per_second, (10.0, 12.0, 14.0))
+
+
+CURVE = [CurvePoint(level, rate(10.0 * level**0.5), rate(3.0 * level**0.5)) for level in (1, 4, 16, 64)]
+
+
+def test_the_curve_table_has_a_line_per_level():
+    lines = curve_table(CURVE).splitlines()
+    assert lines[0].startswith('| single-item requests in flight | texts/s | images/s |')
+    assert lines[2:] == [
+        f'| {level} | {texts:.1f} | {images:.1f} | 12.0 / 14.0 | 12.0 / 14.0 |'
+        for level, texts, images in ((1, 10, 3), (4, 20, 6), (16, 40, 12), (64, 80, 24))
+    ]
+
+
+def test_save_writes_the_report_and_a_png_of_the_curve(tmp_path):
+    model_only = Row('model only', rate(100.0), rate(30.0))
+    report = 'flow: tiny\n\n' + markdown_table([model_only], None) + '\n\n' + curve_table(CURVE)
+    markdown, plot = save(tmp_path / 'out', report, CURVE, model_only, 'tiny-vit on PyTorch')
+    assert markdown.read_text(encoding='utf-8') == report + '\n'
+    assert '| model only | 100.0 | 30.0 |' in markdown.read_text(encoding='utf-8')
+    assert plot.read_bytes().startswith(b'\x89PNG\r\n\x1a\n')
+    with Image.open(plot) as image:
+        assert image.format == 'PNG'
+        assert image.size == (round(FIGURE_INCHES[0] * DPI), round(FIGURE_INCHES[1] * DPI))
+        assert len(image.getcolors(maxcolors=1 << 16) or ()) > 10  # drawn on, not a blank canvas
+
+
+def test_without_matplotlib_save_names_the_extra_before_measuring(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)  # as if not installed
+    assert main(['no-such-flow.yml', '--save', str(tmp_path)]) == 1  # the flow is never read
+    assert 'pip install "clip-server[test]"' in capsys.readouterr().err
+
+
+def test_the_model_only_row_times_the_executors_model_on_prepared_inputs(tiny_weights):
+    options = EncoderOptions(model_path=tiny_weights['tiny-vit'], dtype='fp32', threads=1, max_batch=8)
+    texts, jpegs = captions(2 * BATCH), [photo_jpeg(seed, 160, 120) for seed in range(BATCH)]
+    rows = encoder_rows(lookup('tiny-vit'), Runtime.TORCH, options, texts, jpegs, seconds=0.05)
+    assert rows.model_only.what == f'model only: PyTorch fp32, batch {BATCH}, tokens and pixels prepared beforehand'
+    assert rows.in_process.what.startswith('in-process: PyTorch fp32, batch 32, tokenizing')
+    for row in (rows.model_only, rows.in_process):
+        assert row.texts and row.images and row.texts.per_second > 0 and row.images.per_second > 0
+        assert row.texts.latencies_ms and row.images.latencies_ms
+    assert rows.description.startswith('PyTorch, cpu')
+
+
+class StandInClient:
+    """Answers `aencode` like clip_client, after a pause; counts the requests in flight at once."""
+
+    def __init__(self):
+        self.in_flight = self.most_in_flight = 0
+
+    async def aencode(self, content, show_progress):
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await asyncio.sleep(0.002)
+        self.in_flight -= 1
+        return list(content)
+
+
+def test_the_curve_keeps_each_level_in_flight():
+    client = StandInClient()
+    curve = in_flight_curve(client, captions(8), [photo_jpeg(0, 160, 120)], seconds=0.05, levels=(1, 4))
+    assert [point.in_flight for point in curve] == [1, 4]
+    assert client.most_in_flight == 4
+    assert all(point.texts.per_second > 0 and point.images.per_second > 0 for point in curve)
+    assert curve[1].texts.per_second > 2 * curve[0].texts.per_second  # a pause overlaps with itself
 
 
 def test_session_processes_are_found_in_proc(tmp_path):

@@ -53,13 +53,15 @@ def plot_curve(path: Path, curve: Sequence[CurvePoint], model_only: Row, title: 
 
 
 def _panel(axes: Axes, kind: str, levels: list[int], served: list[Rate], limit: Rate | None) -> None:
-    axes.plot(levels, [rate.per_second for rate in served], marker='o', label='server, single-item requests')
+    rates = [rate.per_second for rate in served]
+    axes.plot(levels, rates, marker='o', label='server, single-item requests')
     if limit is not None:
         axes.axhline(limit.per_second, linestyle='--', color='grey', label=f'model only, batch {BATCH}')
+        rates.append(limit.per_second)
     if levels:
         axes.set_xscale('log', base=2)
         axes.set_xticks(levels, [str(level) for level in levels])
-    axes.set_ylim(bottom=0)
+    axes.set_ylim(0, 1.15 * max(rates, default=1.0) or 1.0)  # room above the highest line
     axes.set(title=kind, xlabel='requests in flight (one async client)', ylabel=f'{kind}/s')
     axes.grid(alpha=0.3)
     axes.legend(loc='best')

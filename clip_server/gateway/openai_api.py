@@ -99,7 +99,7 @@ class OpenAIRoutes:
 
     async def embeddings(self, request: Request) -> JSONResponse:
         try:
-            body = _json_object(await request.body())
+            body = json_object(await request.body())
             served = await self._model()
             asked, docs = await asyncio.to_thread(self._read, body, served)
             await self._fetch_images(docs)
@@ -189,7 +189,9 @@ def _text(doc_id: str, text: str) -> Document:
     return Document(id=doc_id, text=text)
 
 
-def _json_object(raw: bytes) -> dict:
+def json_object(raw: bytes) -> dict:
+    """A request body parsed as a JSON object, or the OpenAIError (invalid request) that says why not;
+    the web page's routes read their bodies with it too."""
     try:
         body = json.loads(raw)
     except RecursionError as exc:  # Python's parser recurses per level: [[[[...]]]] runs out of stack

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 
 from clip_server.gateway.errors import ANSWERS, ErrorKind, error_body
 from clip_server.gateway.flow_requests import FlowRequestError, send
-from clip_server.gateway.openai_api import OpenAIError, _json_object
+from clip_server.gateway.openai_api import OpenAIError, json_object
 from clip_server.wire import (
     COUNT,
     COUNT_TAG,
@@ -114,7 +114,7 @@ class UIRoutes:
 
         async def route(request: Request) -> JSONResponse:
             try:
-                body = _json_object(await request.body())
+                body = json_object(await request.body())
                 started = time.perf_counter()
                 result = await answer(body)
             except OpenAIError as error:  # the body is not a JSON object

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,21 +52,34 @@ from clip_server.types import (
 
 @dataclass(frozen=True)
 class Served:
-    """A family's builder, the runtimes that serve it, and why the others cannot."""
+    """A family's builder, and the runtimes that cannot serve it, each with its own reason."""
 
     builder: FamilyBuilder
-    runtimes: frozenset[Runtime]
-    refusal: str = ''
+    refused: Mapping[Runtime, str] = field(default_factory=dict)
+
+    @property
+    def runtimes(self) -> frozenset[Runtime]:
+        """Every runtime not refused."""
+        return frozenset(Runtime) - self.refused.keys()
+
+    def refusal(self, name: str, runtime: Runtime) -> str:
+        """Why `name` cannot be served with `runtime`, and the runtimes that do serve it (this table's)."""
+        others = [r.label for r in Runtime if r in self.runtimes]
+        serve_with = ' or '.join(filter(None, (', '.join(others[:-1]), others[-1])))
+        return f'{name} cannot be served with {runtime.label}: {self.refused[runtime]}; serve it with {serve_with}'
 
 
-# The table: which family runs on which runtime.
+# The table: which family runs on which runtime (every runtime, but those refused).
 FAMILIES: dict[Family, Served] = {
-    Family.OPEN_CLIP: Served(OpenCLIPBuilder(), frozenset(Runtime)),
-    Family.HF_TEXT: Served(HFTextBuilder(), frozenset(Runtime)),
+    Family.OPEN_CLIP: Served(OpenCLIPBuilder()),
+    Family.HF_TEXT: Served(HFTextBuilder()),
     Family.MCLIP: Served(
         MCLIPBuilder(),
-        frozenset({Runtime.TORCH, Runtime.ONNX}),
-        'M-CLIP text towers take texts of any length, which these engines do not',
+        refused={
+            Runtime.TENSORRT: 'its text graph takes texts of any length, and TensorRT engines are built '
+            'for graphs whose batch axis alone varies',
+            Runtime.OPENVINO: 'its text graph has not been checked on OpenVINO',
+        },
     ),
 }
 
@@ -90,11 +103,8 @@ def builder_for(spec: ModelSpec) -> FamilyBuilder:
 def check_supported(spec: ModelSpec, runtime: Runtime) -> FamilyBuilder:
     """The family's builder, or a refusal naming the runtimes that do serve it."""
     served = FAMILIES[spec.family]
-    if runtime not in served.runtimes:
-        others = ' or '.join(r.label for r in Runtime if r in served.runtimes)
-        raise UnsupportedError(
-            f'{spec.name} cannot be served with {runtime.label}: {served.refusal}; serve it with {others}'
-        )
+    if runtime in served.refused:
+        raise UnsupportedError(served.refusal(spec.name, runtime))
     if runtime is Runtime.TENSORRT:
         from clip_server.model.runtimes import tensorrt_runtime
 

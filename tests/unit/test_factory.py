@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from clip_server import types
 from clip_server.model.encoder import Encoder
-from clip_server.model.factory import FAMILIES, EncoderOptions, build_encoder, check_supported, preprocessor
-from clip_server.model.registry import lookup
+from clip_server.model.factory import (
+    FAMILIES,
+    EncoderOptions,
+    build_encoder,
+    check_supported,
+    preprocessor,
+)
+from clip_server.model.registry import MODELS, lookup
 from clip_server.types import (
     CPU,
     ClipServerError,
@@ -31,11 +39,29 @@ def test_every_family_has_a_builder_of_its_own():
 
 def test_mclip_on_tensorrt_is_refused_with_the_runtimes_that_serve_it(tmp_path, monkeypatch):
     monkeypatch.setenv('CLIP_SERVER_CACHE', str(tmp_path))
-    with pytest.raises(
-        UnsupportedError, match='cannot be served with TensorRT: .* serve it with PyTorch or ONNX Runtime'
-    ):
+    with pytest.raises(UnsupportedError) as refused:
         check_supported(lookup('M-CLIP/XLM-Roberta-Large-Vit-B-32'), Runtime.TENSORRT)
+    assert str(refused.value) == (
+        'M-CLIP/XLM-Roberta-Large-Vit-B-32 cannot be served with TensorRT: its text graph takes texts of any '
+        'length, and TensorRT engines are built for graphs whose batch axis alone varies; '
+        'serve it with PyTorch or ONNX Runtime'
+    )
     assert not any(tmp_path.iterdir())  # nothing fetched
+
+
+REFUSED = [(family, runtime) for family, served in FAMILIES.items() for runtime in served.refused]
+
+
+@pytest.mark.parametrize(('family', 'runtime'), REFUSED, ids=lambda value: str(value))
+def test_a_refusal_names_exactly_the_runtimes_the_table_serves_it_with(family, runtime):
+    served = FAMILIES[family]
+    spec = next(spec for spec in MODELS if spec.family is family)
+    with pytest.raises(UnsupportedError) as refused:
+        check_supported(spec, runtime)
+    reason, _, serve_with = str(refused.value).partition('; serve it with ')
+    assert reason == f'{spec.name} cannot be served with {runtime.label}: {served.refused[runtime]}'
+    assert re.split(r', | or ', serve_with) == [r.label for r in Runtime if r in served.runtimes], serve_with
+    assert runtime not in served.runtimes and Runtime.TORCH in served.runtimes
 
 
 @pytest.mark.parametrize('runtime', [Runtime.TORCH, Runtime.ONNX])

@@ -78,7 +78,6 @@ FAMILIES: dict[Family, Served] = {
         refused={
             Runtime.TENSORRT: 'its text graph takes texts of any length, and TensorRT engines are built '
             'for graphs whose batch axis alone varies',
-            Runtime.OPENVINO: 'its text graph has not been checked on OpenVINO',
         },
     ),
 }

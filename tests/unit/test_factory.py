@@ -44,7 +44,7 @@ def test_mclip_on_tensorrt_is_refused_with_the_runtimes_that_serve_it(tmp_path, 
     assert str(refused.value) == (
         'M-CLIP/XLM-Roberta-Large-Vit-B-32 cannot be served with TensorRT: its text graph takes texts of any '
         'length, and TensorRT engines are built for graphs whose batch axis alone varies; '
-        'serve it with PyTorch or ONNX Runtime'
+        'serve it with PyTorch, ONNX Runtime or OpenVINO'
     )
     assert not any(tmp_path.iterdir())  # nothing fetched
 

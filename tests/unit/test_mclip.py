@@ -1,4 +1,4 @@
-"""Multilingual models: M-CLIP's text tower on torch and ONNX, open_clip's HF-text-tower models.
+"""Multilingual models: M-CLIP's text tower on torch, ONNX and OpenVINO, open_clip's HF-text-tower models.
 
 Tiny random transformers and on-the-fly tokenizers stand in for the real checkpoints, published
 into a Hub cache layout that `fetch_hf_file` reads offline (see tests/tiny_hf.py).
@@ -15,7 +15,7 @@ import torch
 
 import tiny_hf
 import tiny_models
-from clip_server.model.factory import builder_for, export_onnx, onnx_model_dir
+from clip_server.model.factory import EncoderOptions, build_encoder, builder_for, export_onnx, onnx_model_dir
 from clip_server.model.factory import preprocessor as factory_preprocessor
 from clip_server.model.families.hf_tokenizer import TOKENIZER_EXTRAS
 from clip_server.model.families.mclip import create_mclip_text_tower, locate_mclip
@@ -24,7 +24,7 @@ from clip_server.model.preprocess import Preprocessor
 from clip_server.model.registry import MODELS, lookup
 from clip_server.model.runtimes.onnx_runtime import ONNXEncoder
 from clip_server.model.tokens import trim_padding
-from clip_server.types import Family, WeightsUnavailableError
+from clip_server.types import Family, Runtime, WeightsUnavailableError
 from helpers import sample_image, torch_encoder
 
 KINDS = list(tiny_hf.TINY_MCLIP)
@@ -134,6 +134,31 @@ def test_onnx_equals_torch_with_a_dynamic_sequence(kind, models, hub, tmp_path):
         np.testing.assert_allclose(onnx_model.encode_text(tokens), model.encode_text(tokens), atol=TOLERANCE)
     pixels = preprocessor.pixels(sample_image(1))[None]
     np.testing.assert_allclose(onnx_model.encode_image(pixels), model.encode_image(pixels), atol=TOLERANCE)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_openvino_equals_torch_with_a_dynamic_sequence(kind, models, hub):
+    """OpenVINO compiles the same export, texts of any length included; bf16 keeps 0.999."""
+    pytest.importorskip('openvino')
+    preprocessor, model = models[kind]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('CLIP_SERVER_CACHE', str(hub['cache']))
+        served = {
+            dtype: build_encoder(
+                tiny_hf.TINY_MCLIP[kind],
+                Runtime.OPENVINO,
+                EncoderOptions(model_path=hub['image'], dtype=dtype, threads=1),
+                preprocessor,
+            )
+            for dtype in ('fp32', 'bf16')
+        }
+    for texts in (TEXTS[:1], TEXTS[:2], TEXTS):  # one length, padded, and 77 tokens
+        tokens = preprocessor.tokenize(texts)
+        np.testing.assert_allclose(served['fp32'].encode_text(tokens), model.encode_text(tokens), atol=TOLERANCE)
+    pixels = preprocessor.pixels(sample_image(1))[None]
+    np.testing.assert_allclose(served['fp32'].encode_image(pixels), model.encode_image(pixels), atol=TOLERANCE)
+    parity = compare(model, served['bf16'], preprocessor)
+    assert parity.text_min_cosine >= 0.999 and parity.image_min_cosine >= 0.999, parity
 
 
 def test_a_folder_made_elsewhere_masks_by_the_serving_tokenizer(models, hub, tmp_path):

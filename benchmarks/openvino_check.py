@@ -10,10 +10,15 @@ transform), with random weights (speed does not depend on them, and none can be 
 - ONNX Runtime fp32 and int8: the project's own ONNX export and its dynamic int8 quantization;
 - OpenVINO reading the same fp32 export, compiled for the CPU in f32 and with the bf16 inference
   precision hint; OpenVINO int8 after NNCF's post-training quantization of that export
-  (activations and weights int8, calibrated on other captions and photos), with f32 and bf16 for
-  the layers left unquantized; OpenVINO with int8 weights only (NNCF's weight compression) and
-  activations quantized per call by the plugin, the way ONNX Runtime's dynamic int8 works; and
-  OpenVINO reading the project's own int8 export (onnxruntime's dynamic quantization) as it is.
+  (activations and weights int8, calibrated on other captions and photos: the OpenVINO runtime's
+  own `quantized_models`), with f32 and bf16 for the layers left unquantized; OpenVINO with int8
+  weights only (NNCF's weight compression) and activations quantized per call by the plugin, the
+  way ONNX Runtime's dynamic int8 works; and OpenVINO reading the project's own int8 export
+  (onnxruntime's dynamic quantization) as it is.
+
+Every OpenVINO cell is the runtime's own encoder (`OpenVINOEncoder.from_models`: the graphs and
+the CPU plugin's settings given here, the rest as served); each prints what its matrix layers
+really run in (`layer_precisions`).
 
 Cells run round-robin, texts then images, for `--rounds` rounds, so that a busy neighbour on a
 shared machine slows every runtime alike. A neighbour only ever slows a cell down, so each figure
@@ -30,7 +35,6 @@ import platform
 import statistics
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -49,49 +53,13 @@ from clip_server.model.encoder import Encoder
 from clip_server.model.factory import EncoderOptions, build_encoder, builder_for, onnx_model_dir, preprocessor
 from clip_server.model.preprocess import Preprocessor
 from clip_server.model.registry import ModelSpec, lookup
-from clip_server.model.runtimes.onnx_folder import IMAGE_FILE, IMAGE_INPUT, TEXT_FILE, TEXT_INPUTS, read_text_metadata
+from clip_server.model.runtimes.onnx_folder import IMAGE_FILE, TEXT_FILE
+from clip_server.model.runtimes.openvino_runtime import OpenVINOEncoder, compile_properties, quantized_models
 from clip_server.model.tokens import text_inputs
-from clip_server.types import BF16_CPU_FLAGS, CLIP_SCORING, CPU, DType, Runtime, cpu_flags
+from clip_server.types import BF16_CPU_FLAGS, DType, Runtime, cpu_flags
 
 EXISTING = 'existing'  # the runtimes this server has, against whose best OpenVINO is weighed
 DYNAMIC_INT8 = {'DYNAMIC_QUANTIZATION_GROUP_SIZE': 32}  # activations quantized per call, in groups of 32
-MATRIX_LAYERS = ('FullyConnected', 'MatMul', 'Convolution')  # where the precision shows
-
-
-class OpenVINOEncoder:
-    """The ONNX export's two graphs compiled by OpenVINO's CPU plugin, behind the `Encoder` interface."""
-
-    def __init__(self, text: object, image: object, properties: dict, *, cut_at_end_of_text: bool, dtype: DType):
-        core = ov.Core()
-        self._text = core.compile_model(text, 'CPU', properties)
-        self._image = core.compile_model(image, 'CPU', properties)
-        self._text_request, self._image_request = self._text.create_infer_request(), self._image.create_infer_request()
-        # The tracer never reads a CLIP graph's attention_mask; OpenVINO may drop such an input.
-        self._text_names = [name for name in TEXT_INPUTS if any(name in port.get_names() for port in self._text.inputs)]
-        self._cut = cut_at_end_of_text
-        self.dim = self._text.outputs[0].get_partial_shape()[1].get_length()
-        self.dtype, self.device, self.scoring = dtype, CPU, CLIP_SCORING
-        hint = self._image.get_property('INFERENCE_PRECISION_HINT')
-        self.description = f'OpenVINO {ov.__version__} CPU, precision hint {hint}; {matrix_precisions(self._image)}'
-
-    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        rows = dict(zip(TEXT_INPUTS, text_inputs(tokens, None, self._cut), strict=True))
-        feed = {name: np.ascontiguousarray(rows[name], dtype=np.int32) for name in self._text_names}
-        return np.array(self._text_request.infer(feed)[0], dtype=np.float32)  # a copy: the request reuses it
-
-    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
-        feed = {IMAGE_INPUT: np.ascontiguousarray(pixels, dtype=np.float32)}
-        return np.array(self._image_request.infer(feed)[0], dtype=np.float32)
-
-
-def matrix_precisions(compiled: object) -> str:
-    """What the plugin really runs the matrix layers in (its runtime graph), e.g. 'MatMul bf16 x48'."""
-    counts = Counter(
-        (info['layerType'].astype(str), info['runtimePrecision'].astype(str))
-        for info in (op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops())
-        if info['layerType'].astype(str) in MATRIX_LAYERS
-    )
-    return ', '.join(f'{layer} {precision} x{count}' for (layer, precision), count in sorted(counts.items()))
 
 
 @dataclass
@@ -108,49 +76,6 @@ class Contestant:
 def timed_build(build: Callable[[], Encoder]) -> tuple[Encoder, float]:
     started = time.perf_counter()
     return build(), time.perf_counter() - started
-
-
-def calibration(model_input: Preprocessor, cut: bool, batches: int, size: int) -> tuple[list[dict], list[dict]]:
-    """Inputs for NNCF's statistics, unlike the measured ones: other captions, other photos."""
-    texts = captions(batches * size, seed=1)
-    text_items, image_items = [], []
-    for start in range(0, len(texts), size):
-        ids, mask = text_inputs(model_input.tokenize(texts[start : start + size]), None, cut)
-        text_items.append({'input_ids': ids.astype(np.int32), 'attention_mask': mask.astype(np.int32)})
-        jpegs = [photo_jpeg(1000 + start + i) for i in range(size)]
-        pixels = np.stack([model_input.pixels(Image.open(io.BytesIO(jpeg))) for jpeg in jpegs])
-        image_items.append({IMAGE_INPUT: pixels})
-    return text_items, image_items
-
-
-def nncf_int8(folder: Path, model_input: Preprocessor, cut: bool, batches: int) -> tuple[object, object]:
-    """Both graphs of `folder` quantized by NNCF (post-training, int8 activations and weights).
-
-    SmoothQuant off: with it (NNCF's default for transformers) ViT-B-32's texts fell to 0.9927
-    min cosine against fp32 on these weights, without it 0.9990, at the same speed.
-    """
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
-
-    without_smooth_quant = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
-
-    core = ov.Core()
-    size = 8
-    text_items, image_items = calibration(model_input, cut, batches, size)
-    quantized = []
-    for name, items in ((TEXT_FILE, text_items), (IMAGE_FILE, image_items)):
-        model = core.read_model(str(folder / name))
-        names = {n for port in model.inputs for n in port.get_names()}
-        data = nncf.Dataset([{k: v for k, v in item.items() if k in names} for item in items])
-        quantized.append(
-            nncf.quantize(
-                model,
-                data,
-                model_type=nncf.ModelType.TRANSFORMER,
-                subset_size=len(items),  # NNCF counts the dataset's items: batches here
-                advanced_parameters=without_smooth_quant,
-            )
-        )
-    return quantized[0], quantized[1]
 
 
 def weights_int8(folder: Path) -> tuple[object, object]:
@@ -171,24 +96,23 @@ def contestants(spec: ModelSpec, weights: Path, model_input: Preprocessor, threa
 
     fp32_folder = onnx_model_dir(spec, weights, dtype=DType.FP32)
     int8_folder = onnx_model_dir(spec, weights, dtype=DType.INT8)
-    cut = read_text_metadata(fp32_folder).cut_at_end_of_text
-    core = ov.Core()
 
     def openvino(folder: Path, precision: str, dtype: DType, models=None, **extra: object) -> Callable[[], Encoder]:
-        properties = {'INFERENCE_PRECISION_HINT': precision, 'INFERENCE_NUM_THREADS': threads, **extra}
-        properties['PERFORMANCE_HINT'] = 'LATENCY'  # one request at a time on every core, as an executor calls it
+        # The runtime's own settings (one request at a time on every core, as an executor calls it),
+        # with the inference precision of the layers left unquantized chosen here.
+        properties = {**compile_properties(DType.FP32, threads), 'INFERENCE_PRECISION_HINT': precision, **extra}
 
         def build() -> Encoder:
-            text, image = models() if models else (core.read_model(str(folder / n)) for n in (TEXT_FILE, IMAGE_FILE))
-            return OpenVINOEncoder(text, image, properties, cut_at_end_of_text=cut, dtype=dtype)
+            text, image = models() if models else (folder / TEXT_FILE, folder / IMAGE_FILE)
+            return OpenVINOEncoder.from_models(folder, text, image, properties, dtype=dtype)
 
         return build
 
     quantized: list = []
 
     def nncf_models() -> tuple[object, object]:
-        if not quantized:  # once for both precisions of the unquantized layers
-            quantized.extend(nncf_int8(fp32_folder, model_input, cut, calibration_batches))
+        if not quantized:  # once for both precisions of the unquantized layers: the runtime's int8
+            quantized.extend(quantized_models(fp32_folder, model_input, calibration_batches))
         return quantized[0], quantized[1]
 
     return [
@@ -248,7 +172,8 @@ def main() -> None:
             encoder, seconds = timed_build(build)
             contestant = Contestant(label, group, encoder, seconds)
             contestant.agreement = parity.compare(reference, encoder, model_input)
-            print(f'built {label} in {seconds:.1f} s: {encoder.description}', flush=True)
+            precisions = f'; {encoder.layer_precisions()}' if isinstance(encoder, OpenVINOEncoder) else ''
+            print(f'built {label} in {seconds:.1f} s: {encoder.description}{precisions}', flush=True)
             field_list.append(contestant)
         del reference
         for round_ in range(args.rounds):

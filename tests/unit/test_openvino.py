@@ -1,5 +1,6 @@
 """OpenVINO runtime: fp32 equals PyTorch, bf16 and int8 keep the stated parity, int8 is made once."""
 
+import re
 import sys
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from clip_server.model.factory import EncoderOptions, build_encoder, export_onnx, preprocessor
 from clip_server.model.parity import compare
 from clip_server.model.registry import lookup
-from clip_server.types import ConfigurationError, MissingExtraError, Runtime
+from clip_server.types import ConfigurationError, DType, MissingExtraError, Runtime
 from helpers import sample_image, torch_encoder
 
 pytest.importorskip('openvino')
@@ -79,6 +80,30 @@ def test_an_exported_folder_is_served_as_is(tiny_weights, tmp_path, cache):
     reference = torch_encoder(spec, tiny_weights['tiny-rn'])
     np.testing.assert_allclose(model.encode_image(pixels), reference.encode_image(pixels), atol=TOLERANCE)
     assert not cache.exists()
+
+
+def test_given_graphs_and_settings_make_the_same_encoder(tiny_weights, tmp_path, cache):
+    """`from_models` (the benchmark's way in) compiles what it is given, and is otherwise the runtime's encoder."""
+    from clip_server.model.runtimes.openvino_runtime import OpenVINOEncoder, compile_properties, native_bf16
+
+    spec = lookup('tiny-vit')
+    folder = export_onnx(spec, tiny_weights['tiny-vit'], tmp_path / 'exported')
+    served = build_encoder(spec, Runtime.OPENVINO, EncoderOptions(model_path=folder, dtype='bf16', threads=1))
+    properties = compile_properties(DType.BF16, 1)
+    given = OpenVINOEncoder.from_models(
+        folder, folder / 'textual.onnx', folder / 'visual.onnx', properties, dtype=DType.BF16
+    )
+    model_input = preprocessor(spec)
+    tokens = model_input.tokenize(TEXTS)
+    pixels = model_input.pixels(sample_image(1))[None]
+    np.testing.assert_array_equal(given.encode_text(tokens), served.encode_text(tokens))
+    np.testing.assert_array_equal(given.encode_image(pixels), served.encode_image(pixels))
+    assert given.description == served.description
+    precision = 'bf16' if native_bf16() else r'\w+'  # OpenVINO may run f32 where bf16 is not native
+    layers = (
+        rf'texts: FullyConnected {precision} x\d+; images: Convolution {precision} x1, FullyConnected {precision} x\d+'
+    )
+    assert re.fullmatch(layers, given.layer_precisions()), given.layer_precisions()
 
 
 @pytest.mark.parametrize('options, message', [({'device': 'cuda'}, 'serves on CPU'), ({'dtype': 'fp16'}, 'fp16')])

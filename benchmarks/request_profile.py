@@ -1,13 +1,13 @@
-"""Where a single-item text request's time goes, in a served Flow.
+"""Where a text request's time goes, in a served Flow.
 
-    python benchmarks/request_profile.py [FLOW_YAML] [--seconds S] [--requests N]
+    python benchmarks/request_profile.py [FLOW_YAML] [--seconds S] [--requests N] [--texts-per-request K]
 
 Starts the Flow (random weights of its model, as `python -m clip_server.benchmark --random-weights`)
 and measures two things:
 
-1. One request at a time: the latency the client sees, split by the timestamps jina records on
-   each hop of the response (gateway in, each executor's start and end, gateway out), beside the
-   model's own time for one text in-process.
+1. One request of K texts (default 1) at a time: the latency the client sees, split by the
+   timestamps jina records on each hop of the response (gateway in, each executor's start and
+   end, gateway out), beside the model's own time for the same texts in-process.
 2. 16 single-text requests in flight: the CPU seconds each process of the server (gateway, each
    executor) and the client spend per request, read from /proc before and after.
 
@@ -61,14 +61,13 @@ def seconds_of(timestamp) -> float:
     return timestamp.seconds + timestamp.nanos / 1e9
 
 
-def hop_breakdown(client, texts: list[str], requests: int) -> dict[str, list[float]]:
-    """Milliseconds per part of a request, one request at a time, from jina's route timestamps."""
+def hop_breakdown(client, texts: list[str], requests: int, size: int = 1) -> dict[str, list[float]]:
+    """Milliseconds per part of a request of `size` texts, one request at a time, from jina's route timestamps."""
     parts: dict[str, list[float]] = {}
     for i in range(requests):
+        docs = DocumentArray(Document(text=texts[(i * size + j) % len(texts)]) for j in range(size))
         sent = time.time()
-        [response] = client.post(
-            '/encode', DocumentArray([Document(text=texts[i % len(texts)])]), return_responses=True
-        )
+        [response] = client.post('/encode', docs, request_size=size, return_responses=True)
         received = time.time()
         routes = list(response.routes)
         marks = [('client -> gateway', sent)]
@@ -82,17 +81,17 @@ def hop_breakdown(client, texts: list[str], requests: int) -> dict[str, list[flo
     return parts
 
 
-def model_ms(flow: dict, texts: list[str], requests: int) -> float:
-    """The median time the Flow's model takes for one text, in this process (one thread)."""
+def model_ms(flow: dict, texts: list[str], requests: int, size: int = 1) -> float:
+    """The median time the Flow's model takes for `size` texts, in this process (as many threads as the server)."""
     config = executor_config(flow)
     spec = resolve(config.params.get('name', DEFAULT_MODEL))
-    options = encoder_options(config, threads=1)
+    options = encoder_options(config, threads=os.cpu_count() or 1)
     model_input = factory.preprocessor(spec, options.model_path)
     encoder = factory.build_encoder(spec, executor_runtime(config), options, model_input)
     times = []
     for i in range(requests):
         begun = time.perf_counter()
-        encoder.encode_text(model_input.tokenize([texts[i % len(texts)]]))
+        encoder.encode_text(model_input.tokenize([texts[(i * size + j) % len(texts)] for j in range(size)]))
         times.append((time.perf_counter() - begun) * 1000)
     return statistics.median(times)
 
@@ -134,6 +133,7 @@ def main() -> None:
     parser.add_argument('flow_yaml', nargs='?', default='torch-flow.yml')
     parser.add_argument('--seconds', type=float, default=10)
     parser.add_argument('--requests', type=int, default=200)
+    parser.add_argument('--texts-per-request', type=int, default=1, help='texts in each timed request (default 1)')
     parser.add_argument('--py-spy', type=Path, metavar='DIR', help="also sample each process's stacks under load")
     args = parser.parse_args()
     from clip_client import Client as ClipClient
@@ -149,19 +149,20 @@ def main() -> None:
             clip = ClipClient(f'grpc://127.0.0.1:{port}')
             server.cold_start(lambda: clip.encode(texts[:1], show_progress=False))
             jina_client = Client(host='127.0.0.1', port=port, protocol='grpc')
-            hop_breakdown(jina_client, texts, 20)  # warm-up
-            parts = hop_breakdown(jina_client, texts, args.requests)
+            size = args.texts_per_request
+            hop_breakdown(jina_client, texts, 20, size)  # warm-up
+            parts = hop_breakdown(jina_client, texts, args.requests, size)
             roles = process_roles(server)
             sampled = roles.items() if args.py_spy else []
             samplers = [_sample(pid, role, args.py_spy, args.seconds) for pid, role in sampled]
             rate, used, client_ms = cpu_per_request(clip, server.process.pid, texts, args.seconds)
             for sampler in samplers:
                 sampler.wait()
-        one_text = model_ms(flow, texts, args.requests)
-    print(f'one request at a time ({args.requests} single-text requests), median ms:')
+        model_alone = model_ms(flow, texts, args.requests, size)
+    print(f'one request at a time ({args.requests} requests of {size} texts), median ms:')
     for name, values in parts.items():
         print(f'  {name:<28} {statistics.median(values):7.2f}')
-    print(f'  {"model alone, one text":<28} {one_text:7.2f}')
+    print(f'  {"model alone, same texts":<28} {model_alone:7.2f}')
     print(f'\n16 single-text requests in flight: {rate:.1f} requests/s; CPU ms per request:')
     for pid, ms in sorted(used.items(), key=lambda item: -item[1]):
         print(f'  {roles.get(pid, "?"):<28} {ms:7.2f}')

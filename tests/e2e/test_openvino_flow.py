@@ -27,10 +27,10 @@ pytest.importorskip('nncf')
 
 MODULE = 'clip_server.executors.clip_openvino'
 TEXTS = ['a photo of a dog', 'ein Foto einer Katze', 'word ' * 200]
-# In-process the OpenVINO fp32 encoder equals open_clip to 2e-6 (tests/unit/test_openvino.py); served,
-# its texts differed by up to 4.4e-4 on this machine, for a reason not yet found (not the threads,
-# the warm-up's shapes or input sharing, each tried in-process).
-TOLERANCE = 1e-3
+# As the ONNX Flow's: served fp32 texts stray 1.4e-6 from open_clip, images 4e-7. (The 4.4e-4 once seen
+# here, for which 1e-3 was allowed, was the images' and came from the torch resize then in progress,
+# whose upscaled pixels strayed a level from open_clip's: small pictures now keep open_clip's.)
+TOLERANCE = 1e-4
 INT8_MIN_COSINE = 0.99
 
 

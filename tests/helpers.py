@@ -190,7 +190,8 @@ class Server:
         raise TimeoutError(f'server not ready after {timeout}s:\n{self.output()}')
 
     def output(self) -> str:
-        self._log_file.flush()
+        if not self._log_file.closed:  # after stop() the log is complete on disk
+            self._log_file.flush()
         return self.log.read_text(errors='replace')
 
     def stop(self, timeout: float = 30) -> int:

@@ -63,10 +63,14 @@ def test_two_replicas_are_two_processes_that_share_the_requests(two_replicas, re
     embeddings = Client(f'grpc://127.0.0.1:{two_replicas.port}').encode(texts, batch_size=1)  # 8 requests
     np.testing.assert_allclose(embeddings, reference_text_embeddings(reference('tiny-vit'), texts), atol=1e-4)
 
-    served = {}
+    served = {}  # documents each replica's /encode processed (model calls may hold several requests)
     for port in two_replicas.monitoring:
         scrape = requests.get(f'http://127.0.0.1:{port}/', timeout=10).text
-        counts = re.findall(r'^jina_encode_texts_seconds_count\{runtime_name="([^"]+)"\} (\S+)$', scrape, re.M)
+        counts = re.findall(
+            r'^jina_document_processed_total\{[^}]*executor_endpoint="/encode",runtime_name="([^"]+)"\} (\S+)$',
+            scrape,
+            re.M,
+        )
         served.update((replica, float(count)) for replica, count in counts)
     assert set(served) == {'clip/rep-0', 'clip/rep-1'}
     assert all(count >= 1 for count in served.values()) and sum(served.values()) == len(texts), served

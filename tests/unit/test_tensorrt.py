@@ -181,5 +181,5 @@ def test_mclip_is_refused_before_anything_is_fetched(monkeypatch):
     from clip_server.model.runtimes import tensorrt_runtime
 
     monkeypatch.setattr(tensorrt_runtime, 'require_tensorrt', lambda: None)
-    with pytest.raises(NotImplementedError, match='serve it with PyTorch or ONNX'):
+    with pytest.raises(NotImplementedError, match='serve it with PyTorch, ONNX Runtime or OpenVINO$'):
         CLIPEncoder(name='M-CLIP/XLM-Roberta-Large-Vit-B-32')

@@ -225,6 +225,17 @@ def start_server(
     return Server(path, port, protocol, env=env).wait_ready(is_ready=is_ready)
 
 
+def launch(folder: Path, module: str, with_params: dict, cache: Path) -> Server:
+    """A server of `module`'s encoder (not waited for: start several, then `all_ready`) whose
+    model cache is `cache`, so that what it exports or quantizes at start can be checked."""
+    port = free_port()
+    folder.mkdir()
+    (folder / 'flow.yml').write_text(flow_yaml(port, module=module, with_params=with_params))
+    server = Server(folder / 'flow.yml', port, env={'CLIP_SERVER_CACHE': str(cache)})
+    server.cache = cache
+    return server
+
+
 @contextlib.contextmanager
 def all_ready(servers: dict[str, Server]):
     """Servers started together (their start-ups overlap): wait for each, stop them all at the end."""

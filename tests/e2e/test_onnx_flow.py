@@ -17,8 +17,7 @@ from helpers import (
     all_ready,
     check_rank,
     encoded,
-    flow_yaml,
-    free_port,
+    launch,
     reference_image_embeddings,
     reference_text_embeddings,
     sample_image,
@@ -29,16 +28,6 @@ TEXTS = ['a photo of a dog', 'ein Foto einer Katze', 'word ' * 200]
 TOLERANCE = 1e-4
 
 
-def launch(folder, with_params: dict, cache) -> Server:
-    """A server (not waited for) whose cache is `cache`."""
-    port = free_port()
-    folder.mkdir()
-    (folder / 'flow.yml').write_text(flow_yaml(port, module=MODULE, with_params=with_params))
-    server = Server(folder / 'flow.yml', port, env={'CLIP_SERVER_CACHE': str(cache)})
-    server.cache = cache
-    return server
-
-
 @pytest.fixture(scope='module')
 def servers(tiny_weights, tmp_path_factory):
     """Both servers, started together so their start-ups overlap."""
@@ -46,8 +35,8 @@ def servers(tiny_weights, tmp_path_factory):
     exported = export_onnx(lookup('tiny-rn'), tiny_weights['tiny-rn'], root / 'exported-rn')
     weights = {'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit'])}
     running = {
-        'weights': launch(root / 'a', weights, root / 'cache-a'),
-        'folder': launch(root / 'b', {'name': 'tiny-rn', 'model_path': str(exported)}, root / 'cache-b'),
+        'weights': launch(root / 'a', MODULE, weights, root / 'cache-a'),
+        'folder': launch(root / 'b', MODULE, {'name': 'tiny-rn', 'model_path': str(exported)}, root / 'cache-b'),
     }
     with all_ready(running):
         yield running

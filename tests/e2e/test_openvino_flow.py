@@ -15,8 +15,7 @@ from helpers import (
     all_ready,
     check_rank,
     encoded,
-    flow_yaml,
-    free_port,
+    launch,
     reference_image_embeddings,
     reference_text_embeddings,
     sample_image,
@@ -34,22 +33,13 @@ TOLERANCE = 1e-4
 INT8_MIN_COSINE = 0.99
 
 
-def launch(folder, with_params: dict, cache) -> Server:
-    port = free_port()
-    folder.mkdir()
-    (folder / 'flow.yml').write_text(flow_yaml(port, module=MODULE, with_params=with_params))
-    server = Server(folder / 'flow.yml', port, env={'CLIP_SERVER_CACHE': str(cache)})
-    server.cache = cache
-    return server
-
-
 @pytest.fixture(scope='module')
 def servers(tiny_weights, tmp_path_factory):
     root = tmp_path_factory.mktemp('openvino-flow')
     weights = {'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit'])}
     running = {
-        'fp32': launch(root / 'a', weights, root / 'cache-a'),
-        'int8': launch(root / 'b', {**weights, 'dtype': 'int8'}, root / 'cache-b'),
+        'fp32': launch(root / 'a', MODULE, weights, root / 'cache-a'),
+        'int8': launch(root / 'b', MODULE, {**weights, 'dtype': 'int8'}, root / 'cache-b'),
     }
     with all_ready(running):
         yield running

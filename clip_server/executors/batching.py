@@ -40,16 +40,15 @@ class ModelQueue(Generic[Item, Result]):
         self._max_batch = max_batch
         self._model_thread = model_thread
         self._waiting: deque[tuple[Item, asyncio.Future]] = deque()
-        self._draining = False
+        self._drainer: asyncio.Task | None = None  # held: the event loop keeps only weak references to tasks
 
     async def results(self, items: Sequence[Item]) -> list[Result]:
         """One result per item, once the calls holding them have run."""
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
         self._waiting.extend(zip(items, futures, strict=True))
-        if not self._draining:
-            self._draining = True
-            loop.create_task(self._drain())
+        if self._drainer is None:
+            self._drainer = loop.create_task(self._drain())
         return list(await asyncio.gather(*futures))
 
     async def _drain(self) -> None:
@@ -64,7 +63,7 @@ class ModelQueue(Generic[Item, Result]):
                 else:
                     _settle(batch, results)
         finally:
-            self._draining = False
+            self._drainer = None
 
     def _next_batch(self) -> list[tuple[Item, asyncio.Future]]:
         batch: list[tuple[Item, asyncio.Future]] = []

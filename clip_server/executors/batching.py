@@ -3,6 +3,8 @@
 A model call starts as soon as the model is free, with every item waiting for it (up to the
 minibatch size): while one call runs, the items of requests arriving meanwhile gather for the
 next. So a lone request never waits for company, and under load the batches fill by themselves.
+A call takes the waiting requests' items in turn, one each, so that a search query arriving
+behind a thousand-image indexing request rides in the next call, not after all of them.
 
 Why not jina's own dynamic batching (`uses_dynamic_batching`): it waits up to its timeout for a
 fuller batch (10 ms per call when requests are fewer than its batch size), it serves its batches
@@ -39,14 +41,15 @@ class ModelQueue(Generic[Item, Result]):
         self._compute = compute
         self._max_batch = max_batch
         self._model_thread = model_thread
-        self._waiting: deque[tuple[Item, asyncio.Future]] = deque()
+        self._waiting: deque[deque[tuple[Item, asyncio.Future]]] = deque()  # a queue per request, in turn
         self._drainer: asyncio.Task | None = None  # held: the event loop keeps only weak references to tasks
 
     async def results(self, items: Sequence[Item]) -> list[Result]:
         """One result per item, once the calls holding them have run."""
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
-        self._waiting.extend(zip(items, futures, strict=True))
+        if items:
+            self._waiting.append(deque(zip(items, futures, strict=True)))
         if self._drainer is None:
             self._drainer = loop.create_task(self._drain())
         return list(await asyncio.gather(*futures))
@@ -66,11 +69,16 @@ class ModelQueue(Generic[Item, Result]):
             self._drainer = None
 
     def _next_batch(self) -> list[tuple[Item, asyncio.Future]]:
+        """Up to `max_batch` items, one from each waiting request in turn."""
         batch: list[tuple[Item, asyncio.Future]] = []
         while self._waiting and len(batch) < self._max_batch:
-            item, future = self._waiting.popleft()
-            if not future.done():  # cancelled: its client is gone
-                batch.append((item, future))
+            request = self._waiting.popleft()
+            item, future = request.popleft()
+            if future.done():  # cancelled: its client is gone, and its other items with it
+                continue
+            batch.append((item, future))
+            if request:
+                self._waiting.append(request)
         return batch
 
 

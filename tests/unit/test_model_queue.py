@@ -55,7 +55,33 @@ def test_requests_arriving_during_a_call_share_the_next_one_up_to_the_batch_size
     first, later = asyncio.run(scenario())
     assert first == [0]
     assert later == [[20, 22], [40, 42], [60, 62]]
-    assert model.calls == [[0], [10, 11, 20, 21], [30, 31]]
+    assert model.calls == [[0], [10, 20, 30, 11], [21, 31]]  # the requests' items in turn
+
+
+def test_a_request_arriving_behind_a_large_one_rides_in_the_next_call(thread):
+    model = Recorder()
+    queue = ModelQueue(model, 4, thread)
+
+    async def scenario():
+        first = asyncio.ensure_future(queue.results([0]))
+        await asyncio.sleep(0.05)  # the first call is running, held by the gate
+        large = asyncio.ensure_future(queue.results(list(range(100, 112))))
+        query = asyncio.ensure_future(queue.results([7]))
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        return await first, await large, await query
+
+    first, large, query = asyncio.run(scenario())
+    assert query == [14] and large == [n * 2 for n in range(100, 112)]
+    assert model.calls[1] == [100, 7, 101, 102]
+    assert model.calls[2:] == [[103, 104, 105, 106], [107, 108, 109, 110], [111]]
+
+
+def test_an_empty_request_gets_an_empty_answer(thread):
+    model = Recorder()
+    model.gate.set()
+    assert asyncio.run(ModelQueue(model, 4, thread).results([])) == []
+    assert model.calls == []
 
 
 def test_a_failing_call_fails_the_requests_in_it_and_the_queue_goes_on(thread):

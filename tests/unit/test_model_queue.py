@@ -40,38 +40,31 @@ def test_a_lone_request_runs_at_once_and_gets_its_own_results(thread):
     assert model.calls == [[1, 2, 3]]
 
 
-def test_requests_arriving_during_a_call_share_the_next_one_up_to_the_batch_size(thread):
-    model = Recorder()
-    queue = ModelQueue(model, 4, thread)
+def sent_during_a_held_call(model: Recorder, queue: ModelQueue, requests: list[list[int]]) -> list[list[int]]:
+    """The results of `requests`, sent one after another while a first call ([0]) is held by the gate."""
 
     async def scenario():
         first = asyncio.ensure_future(queue.results([0]))
         await asyncio.sleep(0.05)  # the first call is running, held by the gate
-        later = [asyncio.ensure_future(queue.results([n, n + 1])) for n in (10, 20, 30)]
+        later = [asyncio.ensure_future(queue.results(items)) for items in requests]
         await asyncio.sleep(0.05)
         model.gate.set()
-        return await first, await asyncio.gather(*later)
+        assert await first == [0]
+        return await asyncio.gather(*later)
 
-    first, later = asyncio.run(scenario())
-    assert first == [0]
+    return asyncio.run(scenario())
+
+
+def test_requests_arriving_during_a_call_share_the_next_one_up_to_the_batch_size(thread):
+    model = Recorder()
+    later = sent_during_a_held_call(model, ModelQueue(model, 4, thread), [[n, n + 1] for n in (10, 20, 30)])
     assert later == [[20, 22], [40, 42], [60, 62]]
     assert model.calls == [[0], [10, 20, 30, 11], [21, 31]]  # the requests' items in turn
 
 
 def test_a_request_arriving_behind_a_large_one_rides_in_the_next_call(thread):
     model = Recorder()
-    queue = ModelQueue(model, 4, thread)
-
-    async def scenario():
-        first = asyncio.ensure_future(queue.results([0]))
-        await asyncio.sleep(0.05)  # the first call is running, held by the gate
-        large = asyncio.ensure_future(queue.results(list(range(100, 112))))
-        query = asyncio.ensure_future(queue.results([7]))
-        await asyncio.sleep(0.05)
-        model.gate.set()
-        return await first, await large, await query
-
-    first, large, query = asyncio.run(scenario())
+    large, query = sent_during_a_held_call(model, ModelQueue(model, 4, thread), [list(range(100, 112)), [7]])
     assert query == [14] and large == [n * 2 for n in range(100, 112)]
     assert model.calls[1] == [100, 7, 101, 102]
     assert model.calls[2:] == [[103, 104, 105, 106], [107, 108, 109, 110], [111]]

@@ -96,6 +96,14 @@ class Deployment:
             timeout=120,
         )
 
+    def wait_until_healthy(self, service: str, check: list[str], deadline: float) -> None:
+        """Until the service's compose healthcheck (`check`: ['CMD', 'python', '-c', CODE]) passes, run
+        here by hand: under podman the engine's own health status needs a systemd timer, absent here."""
+        assert check[:3] == ['CMD', 'python', '-c'], check
+        while self.python(service, check[3]).returncode != 0:
+            assert time.monotonic() < deadline, f'{service} never served:\n{self.logs(service)[-3000:]}'
+            time.sleep(2)
+
     def logs(self, service: str) -> str:
         done = subprocess.run(
             [self.engine, 'logs', self.container(service)], capture_output=True, text=True, timeout=60
@@ -155,6 +163,10 @@ def deployment(engine, image, host_cache, tmp_path_factory):
             lambda: '\n'.join(f'--- {s}\n{running.logs(s)[-3000:]}' for s in compose['services']),
             'the deployment',
         )
+        # Ready means one replica of every executor answers: wait for the other one too, as the tests
+        # call each replica by name.
+        for name, service in compose['services'].items():
+            running.wait_until_healthy(name, service['healthcheck']['test'], time.monotonic() + START_TIMEOUT_S)
         yield running
     finally:
         running.compose('down', '-v', timeout=300)

@@ -28,6 +28,12 @@ INTERNAL_TOKEN_ENV = 'CLIP_SERVER_INTERNAL_TOKEN'
 # RPCs an executor answers without the token: probes, and jina's endpoint discovery (see above).
 OPEN_EXECUTOR_RPC_PREFIXES = ('/grpc.health.v1.Health/', '/grpc.reflection.', '/jina.JinaDiscoverEndpointsRPC/')
 REFUSAL = 'executors answer their gateway only: missing or wrong internal token'
+# gRPC servers on Linux set SO_REUSEPORT unless told not to, so a second server of the same user can
+# bind a port already served, and the kernel then splits new connections between the two. jina picks
+# executor ports at random when the Flow starts and binds them only once the model has loaded: two
+# servers started together can draw the same port and silently answer each other's gateways. With
+# this option the later bind fails, and that server stops with the port's name instead.
+EXCLUSIVE_PORT = {'grpc.so_reuseport': 0}
 
 
 def internal_token() -> str | None:
@@ -56,7 +62,8 @@ class InternalTokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 def guard_executor_servers() -> None:
-    """Give every executor's gRPC server in this process the internal token's interceptor.
+    """Give every executor's gRPC server in this process the internal token's interceptor, and its
+    port to itself alone (`EXCLUSIVE_PORT`).
 
     jina 3.27.0 (pinned) has no option for an executor's server interceptors; its `GRPCServer`
     asks `aio_tracing_server_interceptors()` for them once, in its constructor, after it built the
@@ -72,9 +79,11 @@ def guard_executor_servers() -> None:
 
     def interceptors(self):
         found = list(original(self) or [])
-        token = internal_token()
-        if token and isinstance(getattr(self, '_request_handler', None), WorkerRequestHandler):
-            found.insert(0, InternalTokenInterceptor(token))
+        if isinstance(getattr(self, '_request_handler', None), WorkerRequestHandler):
+            self.grpc_server_options = {**(self.grpc_server_options or {}), **EXCLUSIVE_PORT}
+            token = internal_token()
+            if token:
+                found.insert(0, InternalTokenInterceptor(token))
         return found or None
 
     interceptors.clip_guarded = True  # type: ignore[attr-defined]  # a mark on the function: installed once

@@ -36,7 +36,7 @@ from clip_server.gateway.http_hooks import EdgeMiddleware, ask_http_status
 from clip_server.gateway.openai_api import OpenAIRoutes
 from clip_server.gateway.remote_images import ImageFetching
 from clip_server.gateway.ui.routes import UIPage, UIRoutes
-from clip_server.internal_auth import send_internal_token
+from clip_server.internal_auth import EXCLUSIVE_PORT, send_internal_token
 
 Result = Callable[[object], object]
 DEFAULTS = EdgeSettings()
@@ -101,6 +101,7 @@ class _ClipEdge:
                 server.grpc_server_options = {
                     **(server.grpc_server_options or {}),
                     'grpc.max_receive_message_length': settings.max_request_bytes,
+                    **EXCLUSIVE_PORT,
                 }
         openai_routes = OpenAIRoutes(handler.streamer, max_docs_per_request, ImageFetching.from_option(fetch_images))
         ui_routes = UIRoutes(handler.streamer, lambda: served_endpoints(handler.streamer))

@@ -442,20 +442,22 @@ def test_executors_listen_on_loopback_and_refuse_callers_without_the_internal_to
     assert_still_serving(server)
 
 
-def test_an_executor_port_held_by_another_process_is_not_shared(tiny_weights, tmp_path):
+@pytest.mark.parametrize('holder', ['clip/rep-0', 'gateway/rep-0'])
+def test_a_port_held_by_another_process_is_not_shared(tiny_weights, tmp_path, holder):
     """gRPC lets a second server of the same user bind a port already taken (SO_REUSEPORT), and the
-    kernel then splits connections between the two: another server's gateway could reach this
-    executor. The stand-in for that other server binds the port without listening, so jina's own
-    check (a connect) finds it free; the executor must still refuse to share it."""
+    kernel then splits connections between the two: clients or another server's gateway would reach
+    the wrong process. The stand-in for that other server binds the port without listening, so
+    jina's own check (a connect) finds it free; the executor and the gateway still refuse to share."""
     other = socket.socket()
     other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     other.bind(('127.0.0.1', 0))
     taken = other.getsockname()[1]
-    port = free_port()
+    port = taken if holder == 'gateway/rep-0' else free_port()
+    executor_port = f'\n    port: {taken}' if holder == 'clip/rep-0' else ''
     with_params = {'name': 'tiny-vit', 'model_path': str(tiny_weights['tiny-vit'])}
-    yaml_text = flow_yaml(port, with_params=with_params, executor_extra=f'\n    port: {taken}')
+    yaml_text = flow_yaml(port, with_params=with_params, executor_extra=executor_port)
     try:
-        with pytest.raises(RuntimeError, match=rf'clip/rep-0: RuntimeError: Failed to bind to address [0-9.]+:{taken}'):
+        with pytest.raises(RuntimeError, match=rf'{holder}: RuntimeError: Failed to bind to address [0-9.]+:{taken}'):
             start_server(tmp_path, yaml_text, port)
     finally:
         other.close()

@@ -28,6 +28,10 @@ class RequestLimitError(ClipServerError, ValueError):
     """A request over one of the gateway's limits (documents per request)."""
 
 
+class ServerBusyError(ClipServerError, RuntimeError):
+    """A request the gateway turns away because too much is pending already; retrying later works."""
+
+
 class UnknownModelError(ClipServerError, ValueError):
     """The requested model name is neither in the registry nor known to open_clip."""
 

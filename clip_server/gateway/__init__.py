@@ -65,6 +65,7 @@ class _ClipEdge:
         max_request_bytes: int = DEFAULTS.max_request_bytes,
         max_docs_per_request: int = DEFAULTS.max_docs_per_request,
         max_pending_per_replica: int = DEFAULTS.max_pending_per_replica,
+        max_pending_bytes: int = DEFAULTS.max_pending_bytes,
         drain_seconds: float = DEFAULTS.drain_seconds,
         max_search_limit: int = DEFAULTS.max_search_limit,
         request_body_seconds: float = DEFAULTS.request_body_seconds,
@@ -73,12 +74,13 @@ class _ClipEdge:
     ):
         super().__init__(**kwargs)
         settings = EdgeSettings(
-            max_request_bytes,
-            max_docs_per_request,
-            max_pending_per_replica,
-            drain_seconds,
-            max_search_limit,
-            request_body_seconds,
+            max_request_bytes=max_request_bytes,
+            max_docs_per_request=max_docs_per_request,
+            max_pending_per_replica=max_pending_per_replica,
+            max_pending_bytes=max_pending_bytes,
+            drain_seconds=drain_seconds,
+            max_search_limit=max_search_limit,
+            request_body_seconds=request_body_seconds,
         )
         deployments = json.loads(self.runtime_args.deployments_addresses or '{}')
         self.edge = Edge(settings, deployments, self.logger)

@@ -2,8 +2,10 @@
 
 - Limits: bytes per request (gRPC's receive limit, an HTTP body cap, WebSocket's frame cap) and
   documents per request; each refusal names the limit and the value.
-- Overload: at most `max_pending_per_replica` x replicas requests in the Flow at once; past that,
-  new requests are refused at once (gRPC RESOURCE_EXHAUSTED, HTTP 429) instead of queueing.
+- Overload: at most `max_pending_per_replica` x replicas requests in the Flow at once, and at most
+  `max_pending_bytes` of them as they arrived (what the gateway and the executors hold while they
+  wait); past either, new requests are refused at once (gRPC RESOURCE_EXHAUSTED or the request's
+  error, HTTP 429) instead of queueing.
 - Probes: HTTP `/health/live` and `/health/ready`, and the gRPC health service's overall status,
   say ready only when one replica of every executor answers (an executor serves once its model
   has loaded and encoded a warm-up batch), and not while draining.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,13 +36,27 @@ from jina.serve.executors import __dry_run_endpoint__
 from jina.serve.networking.utils import send_health_check_async
 
 from clip_server.gateway.errors import ErrorKind, Refusal
-from clip_server.types import ClipServerError, ConfigurationError, InvalidInputError, RequestLimitError
+from clip_server.types import ClipServerError, ConfigurationError, InvalidInputError, RequestLimitError, ServerBusyError
 
 MiB = 2**20
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 # The most levels of chunks and matches under a top-level document that a request may carry: the
 # encoder reaches two (`access_paths: '@cc'`, a query's matches), and deeper nesting only costs.
 MAX_NESTING = 4
+
+# The bytes a request arrived in, for `max_pending_bytes`: gRPC notes them on each message as it is
+# deserialized (`grpc_hooks`); HTTP and WebSocket in this context variable as a body or a message is
+# read (`http_hooks`), the context that jina's streamer runs its request handler in.
+arrived_bytes: contextvars.ContextVar[int] = contextvars.ContextVar('clip_arrived_bytes', default=0)
+_WIRE_BYTES = 'clip_wire_bytes'
+
+
+def note_wire_bytes(request, size: int) -> None:
+    setattr(request, _WIRE_BYTES, size)
+
+
+def wire_bytes(request) -> int:
+    return getattr(request, _WIRE_BYTES, None) or arrived_bytes.get()
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,7 @@ class EdgeSettings:
     max_request_bytes: int = 100 * MiB
     max_docs_per_request: int = 2048
     max_pending_per_replica: int = 256
+    max_pending_bytes: int = 1024 * MiB
     drain_seconds: float = 30.0
     max_search_limit: int = 1000
     request_body_seconds: float = 30.0
@@ -72,6 +90,7 @@ class Edge:
         replicas = max((len(addresses) for addresses in deployments.values()), default=1)
         self.max_pending = settings.max_pending_per_replica * replicas
         self.pending = 0  # requests sent on to the executors and not answered yet
+        self.pending_bytes = 0  # the bytes those requests arrived in
         self.open_calls = 0  # HTTP requests, WebSocket connections and gRPC data calls in progress
         self.draining = False
         self.ready, self.reason = False, 'starting: the executors have not answered yet'
@@ -83,20 +102,20 @@ class Edge:
     def export_pending_gauge(self, registry, runtime_name: str) -> None:
         """Publish `pending` as the Prometheus gauge `clip_server_pending_requests` in the gateway's
         registry (None unless `monitoring: true`), the queue depth an autoscaler divides by the
-        encoder's replicas. Not jina's `jina_number_of_pending_requests`: jina 3.27.0 decrements that
-        in its result handler or on an `Exception`, which a call cancelled with its client never
-        reaches, so each such call stays counted there; `pending` is decremented in a `finally`."""
+        encoder's replicas, and `pending_bytes` as `clip_server_pending_bytes`. Not jina's
+        `jina_number_of_pending_requests`: jina 3.27.0 decrements that in its result handler or on an
+        `Exception`, which a call cancelled with its client never reaches, so each such call stays
+        counted there; `pending` is released however the call ends."""
         if registry is None:
             return
         from prometheus_client import Gauge
 
-        gauge = Gauge(
-            'clip_server_pending_requests',
-            'Requests sent on to the executors and not answered yet',
-            labelnames=('runtime_name',),
-            registry=registry,
-        )
-        gauge.labels(runtime_name).set_function(lambda: self.pending)
+        gauges: list[tuple[str, str, Callable[[], int]]] = [
+            ('clip_server_pending_requests', 'Requests the executors hold, not answered yet', lambda: self.pending),
+            ('clip_server_pending_bytes', 'The bytes those requests arrived in', lambda: self.pending_bytes),
+        ]
+        for name, about, value in gauges:
+            Gauge(name, about, labelnames=('runtime_name',), registry=registry).labels(runtime_name).set_function(value)
 
     @contextlib.contextmanager
     def call(self) -> Iterator[None]:
@@ -134,23 +153,40 @@ class Edge:
                 return _answered_now(_at_the_door(_failed(request, refused))), None
             if not _top_level(request):
                 return _answered_now(_at_the_door(request)), None  # an empty result, as the executors would give
+            size = wire_bytes(request)
+            busy = self._over_pending_bytes(size)
+            if busy is not None:
+                return _answered_now(_at_the_door(_failed(request, busy))), None
             responses, floating = handle_request(request=request, return_type=return_type)
-            return asyncio.ensure_future(self._pending_while(responses)), floating
+            return self._pending_while(responses, size), floating
 
         return handle
 
-    async def _pending_while(self, responses: asyncio.Future):
-        """The executors' response, counted as pending until the call ends however it ends
-        (answered, failed, cancelled with its client); a network error loses the frames that
-        jina's HTTP app would send."""
+    def _pending_while(self, responses: asyncio.Future, size: int) -> asyncio.Future:
+        """The executors' response, counted as pending (with the `size` bytes it arrived in) from now
+        until the call ends however it ends (answered, failed, cancelled with its client, even
+        before it started): the next request, in this same turn of the loop, already sees it."""
         self.pending += 1
-        try:
-            return await responses
-        except InternalNetworkError as error:
-            error.og_exception.__traceback__ = None
-            raise
-        finally:
+        self.pending_bytes += size
+        answer = asyncio.ensure_future(_without_network_traceback(responses))
+
+        def release(_: asyncio.Future) -> None:
             self.pending -= 1
+            self.pending_bytes -= size
+
+        answer.add_done_callback(release)
+        return answer
+
+    def _over_pending_bytes(self, size: int) -> ServerBusyError | None:
+        """Why a request of `size` bytes may not join those pending: together they would pass
+        `max_pending_bytes` (a request alone always may: `max_request_bytes` bounds it)."""
+        limit = self.settings.max_pending_bytes
+        if not self.pending_bytes or self.pending_bytes + size <= limit:
+            return None
+        return ServerBusyError(
+            f'the server is busy: {self.pending_bytes:,} bytes of requests pending and this one of {size:,}, '
+            f'the limit is {limit:,} (max_pending_bytes); retry later'
+        )
 
     def problem(self, request) -> ClipServerError | None:
         """Why `request` may not reach the executors, checked on the request as it came: a target
@@ -278,6 +314,15 @@ def _answered_now(response) -> asyncio.Future:
     future = asyncio.get_running_loop().create_future()
     future.set_result(response)
     return future
+
+
+async def _without_network_traceback(responses: asyncio.Future):
+    """The executors' response; a network error loses the frames that jina's HTTP app would send."""
+    try:
+        return await responses
+    except InternalNetworkError as error:
+        error.og_exception.__traceback__ = None
+        raise
 
 
 def _failed(request, error: ClipServerError):

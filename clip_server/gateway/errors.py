@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import grpc
 
 from clip_server.gateway.openai_models import ErrorDetail, ErrorResponse
-from clip_server.types import InvalidInputError, RequestLimitError
+from clip_server.types import InvalidInputError, RequestLimitError, ServerBusyError
 
 
 class ErrorKind(enum.Enum):
@@ -49,8 +49,13 @@ ANSWERS = {
     ErrorKind.SHUTTING_DOWN: Answer(503, grpc.StatusCode.UNAVAILABLE, 'server_error'),
 }
 
-# The executors' errors, as their names arrive in a response; any other is the server's own failure.
-_EXECUTOR_ERRORS = {InvalidInputError.__name__: ErrorKind.INVALID, RequestLimitError.__name__: ErrorKind.TOO_LARGE}
+# The errors of a failed request, as their names arrive in its response (from the executors, or from
+# the edge answering at the door); any other is the server's own failure.
+_EXECUTOR_ERRORS = {
+    InvalidInputError.__name__: ErrorKind.INVALID,
+    RequestLimitError.__name__: ErrorKind.TOO_LARGE,
+    ServerBusyError.__name__: ErrorKind.BUSY,
+}
 
 OPENAI_PATHS = '/v1/'
 

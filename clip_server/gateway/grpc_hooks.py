@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import grpc
 from jina.proto import jina_pb2
+from jina.types.request.data import DataRequest
 
-from clip_server.gateway.edge import Edge
+from clip_server.gateway.edge import Edge, note_wire_bytes
 from clip_server.gateway.errors import ANSWERS, ErrorKind
 from clip_server.internal_auth import aborting, behavior_of, with_behavior
 
@@ -48,7 +49,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         refusal = self._edge.refusal(carries_documents=not details.method.startswith(_DISCOVERY))
         if refusal is not None:
             return aborting(handler, refusal.grpc_code, refusal.message)
-        return with_behavior(handler, self._counted(handler))
+        return _noting_wire_bytes(with_behavior(handler, self._counted(handler)))
 
     def _counted(self, handler: grpc.RpcMethodHandler) -> Callable:
         behavior = behavior_of(handler)
@@ -67,6 +68,23 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                 return await behavior(request, context)
 
         return answered
+
+
+def _noting_wire_bytes(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler`, its deserializer noting on each request the bytes its message took (the edge's
+    `max_pending_bytes` counts them), once per message of a stream too."""
+    deserialize = handler.request_deserializer
+    if deserialize is None:
+        return handler
+
+    def noted(message: bytes):
+        request = deserialize(message)
+        for each in request if isinstance(request, list) else [request]:  # jina's list RPC: the whole message each
+            if isinstance(each, DataRequest):
+                note_wire_bytes(each, len(message))
+        return request
+
+    return handler._replace(request_deserializer=noted)
 
 
 async def _anonymous_status(request, context) -> jina_pb2.JinaInfoProto:

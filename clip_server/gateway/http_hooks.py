@@ -8,7 +8,7 @@ import contextvars
 import json
 from collections.abc import Callable
 
-from clip_server.gateway.edge import Edge
+from clip_server.gateway.edge import Edge, arrived_bytes
 from clip_server.gateway.errors import ANSWERS, ErrorKind, Refusal, error_body, kind_of
 
 PROBE_PATHS = ('/health/live', '/health/ready')
@@ -51,12 +51,13 @@ class EdgeMiddleware:
             return await _refuse(scope, send, refusal)
         with self._edge.call():
             if kind == 'websocket':
-                return await self.app(scope, receive, send)
+                return await self.app(scope, _noting_message_bytes(receive), send)
             settings = self._edge.settings
             body = await _body_within(receive, scope, settings.max_request_bytes, settings.request_body_seconds)
             if isinstance(body, Refusal):
                 return await _refuse(scope, send, body)
             if body is not None:  # else the client went away while sending it
+                arrived_bytes.set(len(body))
                 await self._answer(scope, _replay(body, receive), send)
 
     async def _answer(self, scope, receive, send):
@@ -132,6 +133,19 @@ def _too_large(size: int, limit: int, at_least: bool = False) -> Refusal:
         ErrorKind.TOO_LARGE,
         f'the request body is {amount} bytes, over max_request_bytes ({limit:,})',
     )
+
+
+def _noting_message_bytes(receive: Callable) -> Callable:
+    """A WebSocket's `receive` that sets `arrived_bytes` to the size of each message it hands the app
+    (jina's app reads a message, then sends its request on in the same task)."""
+
+    async def receive_noted():
+        message = await receive()
+        if message['type'] == 'websocket.receive':
+            arrived_bytes.set(len(message.get('bytes') or b'') + len(message.get('text') or ''))
+        return message
+
+    return receive_noted
 
 
 def _replay(body: bytes, receive: Callable) -> Callable:

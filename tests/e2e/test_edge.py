@@ -2,6 +2,7 @@
 each protocol, the overload bound, and the drain on SIGTERM (a request in flight completes)."""
 
 import asyncio
+import re
 import signal
 import threading
 import time
@@ -19,7 +20,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import flow_yaml, free_port, http_ready, start_server
 
 PROTOCOLS = ['grpc', 'http', 'websocket']
-LIMITS = {'max_request_bytes': 2**20, 'max_docs_per_request': 16, 'max_pending_per_replica': 2, 'drain_seconds': 20}
+LIMITS = {
+    'max_request_bytes': 2**20,
+    'max_docs_per_request': 16,
+    'max_pending_per_replica': 2,
+    'max_pending_bytes': 800_000,
+    'drain_seconds': 20,
+}
 
 
 def edge_flow(tiny_weights, ports: list[int], protocols: list[str], load_seconds: float = 0) -> str:
@@ -145,6 +152,30 @@ def test_past_the_pending_bound_requests_are_refused_at_once(server):
         thread.join()
     assert [response.status_code for response in results] == [200, 200]
     still_serves(server)
+
+
+def test_past_max_pending_bytes_requests_are_refused_on_each_protocol(server):
+    """One held request of ~450 kB leaves room under max_pending_bytes (800 kB) for a small request,
+    not for a second one of its size, on any protocol; once it is answered, that one is served."""
+    texts = ['x' * 90_000 for _ in range(5)]
+    held: list[requests.Response] = []
+    holder = threading.Thread(target=lambda: held.append(post(server, [{'text': t} for t in texts], delay=6)))
+    holder.start()
+    time.sleep(1)  # held by the executor now
+    refused = post(server, [{'text': t} for t in texts])
+    assert refused.status_code == 429
+    detail = refused.json()['header']['status']['description']  # a failed request, in jina's shape
+    assert re.search(r'bytes of requests pending and this one of [\d,]+, the limit is 800,000', detail), detail
+    for protocol in PROTOCOLS:
+        client = Client(f'{protocol}://127.0.0.1:{server.ports[protocol]}')
+        with pytest.raises(Exception, match='max_pending_bytes'):
+            print(protocol, 'served while the held request was pending:', client.encode(texts, batch_size=5).shape)
+    assert not held  # all refused while it was pending
+    small = Client(f'grpc://127.0.0.1:{server.ports["grpc"]}').encode(['small'] * 4)  # admitted; waits its turn
+    assert small.shape == (4, 32)
+    holder.join()
+    assert [response.status_code for response in held] == [200]
+    assert Client(f'grpc://127.0.0.1:{server.ports["grpc"]}').encode(texts, batch_size=5).shape == (5, 32)
 
 
 def test_readiness_waits_for_the_executors_and_drain_completes_a_request_in_flight(tiny_weights, tmp_path):

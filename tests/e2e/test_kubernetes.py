@@ -463,9 +463,9 @@ def test_an_executor_pod_refuses_a_caller_without_the_internal_token(pods):
         direct.encode(['a cat'])
 
 
-def pending(pods) -> float:
+def pending(pods, gauge: str = 'clip_server_pending_requests') -> float:
     metrics = requests.get(f'http://127.0.0.1:{pods.ports["gateway"][9090]}/', timeout=5).text
-    (value,) = re.findall(r'^clip_server_pending_requests\{runtime_name="[^"]*"\} (\S+)$', metrics, re.M)
+    (value,) = re.findall(rf'^{gauge}\{{runtime_name="[^"]*"\}} (\S+)$', metrics, re.M)
     return float(value)
 
 
@@ -496,9 +496,9 @@ class InFlight(threading.Thread):
 
 def test_the_gateway_exports_the_gauge_the_autoscaler_reads(pods):
     with InFlight(pods) as held:
-        pass
+        assert pending(pods, 'clip_server_pending_bytes') > 0  # the bytes it arrived in, beside it
     assert isinstance(held.result, np.ndarray) and held.result.shape == (1, 32)
-    assert pending(pods) == 0
+    assert pending(pods) == 0 and pending(pods, 'clip_server_pending_bytes') == 0
 
 
 def test_sigterm_drains_the_gateway_within_its_grace_period(pods):

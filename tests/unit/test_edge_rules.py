@@ -153,8 +153,48 @@ def test_pending_counts_a_request_until_its_call_ends_however_it_ends():
         response = await answered
         assert not guard.refused_here(response) or not response.routes  # a plain response, passed on
         abandoned.cancel()  # the client went away; jina's own future never resolves
-        await asyncio.sleep(0)
+        await asyncio.gather(abandoned, return_exceptions=True)
         assert guard.pending == 0
+        never_started, _ = handle(request_with(DocumentArray([Document(text='at once')])), DocumentArray)
+        assert guard.pending == 1  # counted at once: a request in the same turn of the loop sees it
+        never_started.cancel()  # before its first step: its release still runs
+        await asyncio.gather(never_started, return_exceptions=True)
+        assert guard.pending == 0 and guard.pending_bytes == 0
+
+    asyncio.run(run())
+
+
+def test_past_max_pending_bytes_a_request_is_turned_away_until_the_bytes_are_released():
+    """Requests count the bytes they arrived in (noted per gRPC message, or the HTTP body in the
+    context) while pending; one that would pass the limit is answered busy at the door."""
+
+    async def run():
+        guard, sent = make_edge(max_pending_bytes=1000), []
+        handle = guard.admitting(held_by_executors(sent))
+        big, second = (
+            request_with(DocumentArray([Document(text='a')])),
+            request_with(DocumentArray([Document(text='b')])),
+        )
+        edge.note_wire_bytes(big, 1500)  # over the limit alone: admitted, as nothing else is pending
+        held, _ = handle(big, DocumentArray)
+        assert (guard.pending, guard.pending_bytes) == (1, 1500)
+        token = edge.arrived_bytes.set(1)  # as the HTTP hook sets it for a body of one byte
+        try:
+            refused = await handle(second, DocumentArray)[0]
+        finally:
+            edge.arrived_bytes.reset(token)
+        assert guard.refused_here(refused) and refused.header.status.exception.name == 'ServerBusyError'
+        assert refused.header.status.description == (
+            'the server is busy: 1,500 bytes of requests pending and this one of 1, '
+            'the limit is 1,000 (max_pending_bytes); retry later'
+        )
+        sent[0][1].set_result(sent[0][0])
+        await held
+        assert (guard.pending, guard.pending_bytes) == (0, 0)
+        third = request_with(DocumentArray([Document(text='c')]))
+        edge.note_wire_bytes(third, 999)
+        await admit(guard, third, sent)
+        assert [request for request, _ in sent] == [big, third] and guard.pending_bytes == 0
 
     asyncio.run(run())
 
@@ -209,6 +249,7 @@ def test_the_documented_gateway_options_match_the_code():
         'max_request_bytes',
         'max_docs_per_request',
         'max_pending_per_replica',
+        'max_pending_bytes',
         'drain_seconds',
         'max_search_limit',
         'request_body_seconds',

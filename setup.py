@@ -37,6 +37,7 @@ MODEL = [
     'pillow',
     'tqdm',
     'requests',
+    'regex',  # Unicode classes (\p{L}) for CLIP's tokenizer runs, as open_clip's own tokenizer uses it
 ]
 
 ONNX = [

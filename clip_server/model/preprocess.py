@@ -9,7 +9,6 @@ uses is its family's business (`clip_server.model.factory.preprocessor` builds o
 from __future__ import annotations
 
 import numpy as np
-import regex
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
@@ -24,32 +23,6 @@ TORCH_INTERPOLATIONS = (InterpolationMode.BICUBIC, InterpolationMode.BILINEAR)
 # How far served pixels may stray from open_clip's transform on a full decode, after normalisation
 # (largest and mean absolute difference): JPEG draft decoding and torch's resize stay within it.
 PIXEL_TOLERANCE = (0.06, 0.004)  # draft decoding alone: up to 0.057 and 0.0037 on generated photos
-
-# CLIP's BPE is quadratic in a word's length (open_clip takes 7 s for 20,000 letters without a
-# space, 88 s for 100,000), and only the first 77 tokens count. So a text is tokenized as far as
-# those need, within bounds: each run of letters (or of punctuation) cut at RUN_CHARS, and the
-# text cut after TEXT_RUNS runs or TEXT_CHARS characters in runs. A token spans at most 32
-# characters (CLIP's longest), so 77 tokens span at most 2,464: the bounds leave twice that, and
-# four runs per token. The tokens stay open_clip's own for every text without a run over
-# RUN_CHARS (cleaning, which can shorten HTML entities, aside); a document's tokenizing costs
-# at most some milliseconds.
-RUN_CHARS = 64
-TEXT_RUNS = 77 * 4
-TEXT_CHARS = 77 * 32 * 2
-_RUN = regex.compile(r'[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+')
-
-
-def tokenized_part(text: str) -> str:
-    """The part of `text` its first 77 tokens come from (see RUN_CHARS), its spacing kept."""
-    if len(text) <= RUN_CHARS:
-        return text
-    kept, end, chars = [], 0, 0
-    for count, run in enumerate(_RUN.finditer(text), start=1):
-        kept.append(text[end : run.start()] + run.group()[:RUN_CHARS])
-        end, chars = run.end(), chars + min(len(run.group()), RUN_CHARS)
-        if count == TEXT_RUNS or chars >= TEXT_CHARS:
-            break
-    return ''.join(kept)
 
 
 def image_transform(spec: ModelSpec, hub_preprocess: dict | None = None):
@@ -108,7 +81,7 @@ class Preprocessor:
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
         """int64 [N, 77] token ids; longer texts are cut, keeping the end-of-text token last."""
-        tokens = self._tokenizer([tokenized_part(text) for text in texts])
+        tokens = self._tokenizer(texts)
         return tokens if isinstance(tokens, np.ndarray) else tokens.numpy()
 
     def pixels(self, image: Image.Image) -> np.ndarray:

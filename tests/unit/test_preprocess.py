@@ -8,8 +8,8 @@ from PIL import Image, ImageOps
 
 from clip_server.benchmark.inputs import photo_jpeg
 from clip_server.executors.content import ContentLimits, bytes_from_data_uri, image_from_array, image_from_bytes
-from clip_server.model import preprocess
 from clip_server.model.factory import preprocessor as model_preprocessor
+from clip_server.model.families import openclip
 from clip_server.model.preprocess import PIXEL_TOLERANCE, TORCH_MODES, Preprocessor
 from clip_server.model.registry import lookup
 from clip_server.types import ConfigurationError, InvalidInputError
@@ -282,6 +282,7 @@ def _random_words(seed: int, count: int, longest: int) -> str:
         _random_words(1, 3000, 64),
         'Hello, world! ' * 5000,
         '日本語のテキスト、これはテストです。' * 300,
+        '我们今天去公园散步看到很多美丽的花和树还有小孩在玩耍天气非常好阳光明媚' * 10,  # 350 characters, one run
         "it's &amp; don't &lt;b&gt; " * 2000,
         '\n\t '.join(['tab', 'separated', 'words'] * 2000),
         '1234567890' * 5000,
@@ -292,16 +293,16 @@ def _random_words(seed: int, count: int, longest: int) -> str:
 def test_only_the_part_of_a_text_its_tokens_come_from_is_tokenized(text):
     """open_clip's own tokens, from a part that is short whatever the text's length."""
     tokenize = open_clip.get_tokenizer('ViT-B-32')
-    part = preprocess.tokenized_part(text)
+    part = openclip.tokenized_part(text)
     assert np.array_equal(tokenize([part]).numpy(), tokenize([text]).numpy())
-    assert len(part.split()) <= preprocess.TEXT_RUNS and sum(map(len, part.split())) <= 2 * preprocess.TEXT_CHARS
+    assert len(part.split()) <= openclip.TEXT_RUNS and sum(map(len, part.split())) <= 2 * openclip.TEXT_CHARS
 
 
-def test_a_run_without_spaces_is_cut_before_the_quadratic_bpe_sees_it():
+def test_a_run_without_spaces_is_cut_before_the_quadratic_bpe_sees_it(preprocessor):
     """open_clip's BPE takes seconds for thousands of letters in one word: the served model reads
     such a word up to RUN_CHARS (its first tokens may then differ from open_clip's, as documented)."""
     word = ''.join(np.random.default_rng(2).choice(list('abcdefghijklmnopqrstuvwxyz'), 100_000))
-    assert preprocess.tokenized_part(word) == word[: preprocess.RUN_CHARS]
-    assert preprocess.tokenized_part('!' * 10**5 + ' cat') == '!' * preprocess.RUN_CHARS + ' cat'
-    served = Preprocessor(open_clip.get_tokenizer('ViT-B-32'), None).tokenize([word, 'a cat'])
+    assert openclip.tokenized_part(word) == word[: openclip.RUN_CHARS]
+    assert openclip.tokenized_part('!' * 10**5 + ' cat') == '!' * openclip.RUN_CHARS + ' cat'
+    served = preprocessor.tokenize([word, 'a cat'])  # the family's tokenizer, as served
     assert served.shape == (2, 77) and np.array_equal(served[1], open_clip.tokenize(['a cat'])[0].numpy())

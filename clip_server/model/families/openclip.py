@@ -12,6 +12,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import regex
 import torch
 
 from clip_server.model.families.base import CONTEXT_LENGTH, FamilyBuilder, Tokenizer, Towers
@@ -24,6 +26,34 @@ from clip_server.types import CLIP_SCORING, DType, Family, Scoring
 
 # open_clip's models are nn.Modules whose towers and methods torch's typing cannot see: typed loosely
 OpenCLIPModel = Any
+
+# CLIP's BPE is quadratic in a word's length (open_clip takes 7 s for 20,000 letters without a
+# space, 88 s for 100,000), and only the first 77 tokens count. So a text is tokenized as far as
+# those need, within bounds: each run of letters (or of punctuation) cut at RUN_CHARS, and the
+# text cut after TEXT_RUNS runs or TEXT_CHARS characters in runs. A token spans at most 32
+# characters (CLIP's longest), so 77 tokens span at most 2,464: the bounds leave twice that, and
+# four runs per token. The tokens stay open_clip's own for every text without a run over
+# RUN_CHARS (cleaning, which can shorten HTML entities, aside; CJK text takes 2.5 to 2.9 tokens a
+# character, so 64 characters hold its 77); a document's tokenizing costs at most some
+# milliseconds. The Hub tokenizers (SigLIP's, XLM-R's, M-CLIP's) are linear and get whole texts:
+# their pieces can span several CJK characters, which such a cut would change.
+RUN_CHARS = 64
+TEXT_RUNS = 77 * 4
+TEXT_CHARS = 77 * 32 * 2
+_RUN = regex.compile(r'[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+')
+
+
+def tokenized_part(text: str) -> str:
+    """The part of `text` its first 77 tokens come from (see RUN_CHARS), its spacing kept."""
+    if len(text) <= RUN_CHARS:
+        return text
+    kept, end, chars = [], 0, 0
+    for count, run in enumerate(_RUN.finditer(text), start=1):
+        kept.append(text[end : run.start()] + run.group()[:RUN_CHARS])
+        end, chars = run.end(), chars + min(len(run.group()), RUN_CHARS)
+        if count == TEXT_RUNS or chars >= TEXT_CHARS:
+            break
+    return ''.join(kept)
 
 
 def quick_gelu_for(spec: ModelSpec) -> bool:
@@ -187,7 +217,13 @@ class OpenCLIPBuilder(FamilyBuilder):
         context_length = text_cfg.get('context_length', CONTEXT_LENGTH)
         if text_cfg.get('hf_tokenizer_name'):
             return open_clip_hf_tokenizer(text_cfg, folder, context_length)
-        return open_clip.get_tokenizer(spec.arch, context_length=context_length)
+        bpe = open_clip.get_tokenizer(spec.arch, context_length=context_length)
+
+        def bounded_bpe(texts: list[str]) -> np.ndarray:
+            """CLIP's BPE on the part of each text its tokens come from (`tokenized_part`)."""
+            return bpe([tokenized_part(text) for text in texts])
+
+        return bounded_bpe
 
     def create_model(
         self, spec: ModelSpec, weights: str | os.PathLike | None, *, device: str = 'cpu', dtype: DType = DType.FP32
